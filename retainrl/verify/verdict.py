@@ -1,0 +1,49 @@
+"""The result of running untrusted code: a plain, immutable record (no torch, no models)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+STATUSES = ("passed", "failed", "error", "timeout", "oom", "syntax_error", "killed")
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """Outcome of one program against its tests.
+
+    passed:  every test statement ran to the end and no check failed.
+    status:  one of STATUSES.
+    score:   fraction of test units that passed, in [0, 1] (a unit is one executed assert,
+             or one top-level test statement that raised).
+    details: short human-readable reason (first failing assert, exception type, ...).
+    stdout:  the program's captured output, truncated.
+    cpu_s:   CPU seconds the child used (user + system), for verifier cost accounting.
+    wall_s:  wall-clock seconds from fork to verdict.
+    """
+
+    passed: bool
+    status: str
+    score: float
+    details: str = ""
+    stdout: str = ""
+    cpu_s: float = 0.0
+    wall_s: float = 0.0
+    units_passed: int = 0
+    units_total: int = 0
+    extra: dict = field(default_factory=dict, compare=False)
+
+    def __post_init__(self):
+        if self.status not in STATUSES:
+            raise ValueError(f"unknown verdict status {self.status!r}; expected one of {STATUSES}")
+        if self.passed and self.status != "passed":
+            raise ValueError("a passed verdict must have status 'passed'")
+        if not 0.0 <= self.score <= 1.0:
+            raise ValueError(f"score {self.score} outside [0, 1]")
+
+    def reward(self, kind: str = "binary") -> float:
+        """Scalar reward: 'binary' (1.0 iff passed) or 'fraction' (the score)."""
+        if kind == "binary":
+            return 1.0 if self.passed else 0.0
+        if kind == "fraction":
+            return float(self.score)
+        raise ValueError(f"unknown reward kind {kind!r}; expected 'binary' or 'fraction'")
