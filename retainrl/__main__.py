@@ -1,0 +1,3 @@
+from retainrl.cli import main
+import sys
+sys.exit(main())

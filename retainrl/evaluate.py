@@ -1,0 +1,45 @@
+"""Per-skill evaluation on fixed held-out sets: greedy pass@1 and unbiased pass@k.
+
+pass@1 is the fraction of tasks whose greedy completion passes its verifier. pass@k (k > 1)
+uses `n_samples` temperature samples per task and the unbiased estimator of Chen et al. (2021),
+1 - C(n - c, k) / C(n, k), averaged over tasks (retainrl.metrics.passk).
+"""
+
+from __future__ import annotations
+
+import time
+
+from retainrl.data.task import Task
+from retainrl.metrics.passk import mean_pass_at_k
+from retainrl.policy.model import Policy
+from retainrl.policy.rollout import SamplingConfig, generate
+from retainrl.verify.checks import verify_many
+
+
+def evaluate_skill(policy: Policy, tasks: list[Task], sandbox, sampling: SamplingConfig, ks: tuple[int, ...] = (),
+                   n_samples: int = 0, seed: int = 0, batch_size: int = 128) -> dict:
+    """{"pass@1", "pass@k"..., "n", "tokens", "gen_s", "verify_s", "verify_cpu_s", "errors"} for one skill."""
+    t0 = time.monotonic()
+    rollout = generate(policy, [t.prompt for t in tasks], n=1, cfg=sampling, greedy=True, batch_size=batch_size)
+    t1 = time.monotonic()
+    verdicts = verify_many(sandbox, list(zip(tasks, rollout.texts)))
+    out = {"pass@1": sum(v.passed for v in verdicts) / max(1, len(tasks)), "n": len(tasks),
+           "tokens": int(rollout.lengths.sum()), "gen_s": t1 - t0, "verify_s": time.monotonic() - t1,
+           "verify_cpu_s": sum(v.cpu_s for v in verdicts),
+           "errors": sum(v.status in ("error", "killed") for v in verdicts)}
+    ks = tuple(k for k in ks if k > 1)
+    if ks and n_samples >= max(ks):
+        sampled = generate(policy, [t.prompt for t in tasks], n=n_samples, cfg=sampling, seed=seed,
+                           batch_size=batch_size)
+        sv = verify_many(sandbox, [(tasks[i], text) for i, text in zip(sampled.task_index, sampled.texts)])
+        correct = [sum(v.passed for v in sv[i * n_samples:(i + 1) * n_samples]) for i in range(len(tasks))]
+        for k in ks:
+            out[f"pass@{k}"] = mean_pass_at_k([n_samples] * len(tasks), correct, k)
+        out["tokens"] += int(sampled.lengths.sum())
+    return out
+
+
+def evaluate(policy: Policy, tasks_by_skill: dict[str, list[Task]], sandbox, sampling: SamplingConfig,
+             ks: tuple[int, ...] = (), n_samples: int = 0, seed: int = 0) -> dict[str, dict]:
+    return {skill: evaluate_skill(policy, tasks, sandbox, sampling, ks, n_samples, seed)
+            for skill, tasks in tasks_by_skill.items()}

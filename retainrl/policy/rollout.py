@@ -1,0 +1,130 @@
+"""Rollouts: n samples per prompt, batched generation with a KV cache, token bookkeeping.
+
+Layout of a Rollout (B = prompts * n, rows grouped by prompt: rows [i*n, (i+1)*n) share prompt i):
+  prompt_ids      (B, P)  left-padded prompt tokens;     prompt_mask     (B, P)
+  completion_ids  (B, T)  right-padded completion tokens; completion_mask (B, T), 1 up to and
+                          including the first EOS (or the last token when the budget ran out)
+  old_logprobs    (B, T)  log-probs of the completion tokens under the sampling policy,
+                          recomputed with a forward pass (same numerics as the update)
+The log-prob of completion token t comes from the logits at position P + t - 1.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import torch
+
+from retainrl.policy.model import Policy, token_logprobs
+
+
+@dataclass
+class SamplingConfig:
+    temperature: float = field(default=1.0, metadata={"help": "Sampling temperature (0 or greedy=True: argmax)."})
+    top_p: float = field(default=1.0, metadata={"help": "Nucleus sampling mass."})
+    max_new_tokens: int = field(default=64, metadata={"help": "Completion budget in tokens."})
+    stop_strings: list[str] = field(default_factory=list, metadata={"help": "Extra strings that end a completion."})
+    max_prompt_tokens: int = field(default=512, metadata={"help": "Prompts are left-truncated to this many tokens."})
+
+
+@dataclass
+class Rollout:
+    prompt_ids: torch.Tensor
+    prompt_mask: torch.Tensor
+    completion_ids: torch.Tensor
+    completion_mask: torch.Tensor
+    texts: list[str]
+    task_index: list[int]            # which task each row answers
+    group_size: int
+    old_logprobs: torch.Tensor | None = None
+    rewards: torch.Tensor | None = None
+    gen_seconds: float = 0.0
+    verify_seconds: float = 0.0
+    verify_cpu_seconds: float = 0.0
+
+    @property
+    def lengths(self) -> torch.Tensor:  # (B,) completion tokens per row (the token cost)
+        return self.completion_mask.sum(-1)
+
+    def full(self) -> tuple[torch.Tensor, torch.Tensor]:
+        return (torch.cat([self.prompt_ids, self.completion_ids], 1),
+                torch.cat([self.prompt_mask, self.completion_mask], 1))
+
+    def select(self, rows: list[int]) -> "Rollout":
+        idx = torch.tensor(rows, dtype=torch.long)
+        pick = lambda t: None if t is None else t[idx.to(t.device)]  # noqa: E731
+        return Rollout(pick(self.prompt_ids), pick(self.prompt_mask), pick(self.completion_ids),
+                       pick(self.completion_mask), [self.texts[i] for i in rows], [self.task_index[i] for i in rows],
+                       self.group_size, pick(self.old_logprobs), pick(self.rewards))
+
+
+def completion_mask_from(ids: torch.Tensor, eos_id: int) -> torch.Tensor:
+    """1 up to and including the first EOS of each row; all ones when there is none. (B, T)."""
+    is_eos = ids == eos_id
+    after_eos = (is_eos.long().cumsum(-1) - is_eos.long()) > 0
+    return (~after_eos).long()
+
+
+def truncate_at_stops(text: str, stops: list[str]) -> str:
+    cut = len(text)
+    for s in stops:
+        i = text.find(s)
+        if 0 <= i < cut:
+            cut = i
+    return text[:cut]
+
+
+@torch.no_grad()
+def generate(policy: Policy, prompts: list[str], n: int, cfg: SamplingConfig, greedy: bool = False,
+             seed: int | None = None, batch_size: int = 256) -> Rollout:
+    """Sample n completions for each prompt (greedy: n must be 1)."""
+    tok, model = policy.tokenizer, policy.model
+    formatted = [policy.format_prompt(p) for p in prompts]
+    enc = tok(formatted, return_tensors="pt", padding=True, truncation=True, max_length=cfg.max_prompt_tokens,
+              add_special_tokens=False)
+    prompt_ids = enc.input_ids.repeat_interleave(n, 0)
+    prompt_mask = enc.attention_mask.repeat_interleave(n, 0)
+    if seed is not None:
+        torch.manual_seed(seed)
+    t0 = time.monotonic()
+    pieces = []
+    model.eval()
+    for s in range(0, prompt_ids.shape[0], batch_size):
+        ids, mask = prompt_ids[s:s + batch_size].to(policy.device), prompt_mask[s:s + batch_size].to(policy.device)
+        kwargs = dict(max_new_tokens=cfg.max_new_tokens, pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)
+        if greedy or cfg.temperature <= 0:
+            kwargs.update(do_sample=False)
+        else:
+            kwargs.update(do_sample=True, temperature=cfg.temperature, top_p=cfg.top_p, top_k=0)
+        if cfg.stop_strings:
+            kwargs.update(stop_strings=cfg.stop_strings, tokenizer=tok)
+        out = model.generate(input_ids=ids, attention_mask=mask, **kwargs)
+        pieces.append(out[:, ids.shape[1]:].cpu())
+    width = max(p.shape[1] for p in pieces) if pieces else 0
+    completion_ids = torch.cat([torch.nn.functional.pad(p, (0, width - p.shape[1]), value=tok.pad_token_id)
+                                for p in pieces]) if pieces else torch.zeros(0, 0, dtype=torch.long)
+    completion_mask = completion_mask_from(completion_ids, tok.eos_token_id)
+    if completion_ids.shape[1] == 0:
+        completion_ids = torch.full((prompt_ids.shape[0], 1), tok.eos_token_id, dtype=torch.long)
+        completion_mask = torch.ones_like(completion_ids)
+    texts = []
+    for row, m in zip(completion_ids, completion_mask):
+        text = tok.decode(row[m.bool()], skip_special_tokens=True)
+        texts.append(truncate_at_stops(text, cfg.stop_strings))
+    task_index = [i for i in range(len(prompts)) for _ in range(n)]
+    return Rollout(prompt_ids, prompt_mask, completion_ids, completion_mask, texts, task_index, n,
+                   gen_seconds=time.monotonic() - t0)
+
+
+def completion_logprobs(policy: Policy, rollout: Rollout, with_values: bool = False, with_logits: bool = False):
+    """Log-probs (B, T) of the completion tokens under the current policy; values (B, T) and the
+    completion logits (B, T, V) on request."""
+    ids, mask = rollout.full()
+    ids, mask = ids.to(policy.device), mask.to(policy.device)
+    P = rollout.prompt_ids.shape[1]
+    logits, values = policy.forward(ids, mask, with_values=with_values)
+    comp_logits = logits[:, P - 1:-1]
+    logprobs = token_logprobs(comp_logits, ids[:, P:])
+    vals = values[:, P - 1:-1] if values is not None else None
+    return logprobs, vals, (comp_logits if with_logits else None)

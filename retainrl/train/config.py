@@ -1,0 +1,115 @@
+"""The experiment config: one typed, documented dataclass tree per run (saved as config.yaml).
+
+    retainrl train configs/smoke.yaml rl.lr=1e-3 protocol.phases=[gen,repair] --out runs/x
+    retainrl train --help-config        # every field, its type, default and meaning
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from retainrl.config import option
+from retainrl.policy.model import ModelConfig
+from retainrl.policy.rollout import SamplingConfig
+
+
+@dataclass
+class RLConfig:
+    algo: Literal["grpo", "ppo", "rloo"] = option("grpo", "Policy-gradient algorithm: grpo (group-normalised "
+                                                  "advantages, clipped ratio), ppo (value head + GAE), rloo "
+                                                  "(REINFORCE with a leave-one-out baseline).")
+    lr: float = option(2e-3, "AdamW learning rate of the LoRA (and value head) parameters.", check=lambda v: v > 0, must="be > 0")
+    weight_decay: float = option(0.0, "AdamW weight decay.", check=lambda v: v >= 0, must="be >= 0")
+    optimizer: Literal["adamw", "sgd"] = option("adamw", "Optimizer of the trainable parameters.")
+    prompts_per_step: int = option(8, "Prompts (tasks) sampled per training step.", check=lambda v: v >= 1, must="be >= 1")
+    samples_per_prompt: int = option(8, "Completions per prompt (the group size n).", check=lambda v: v >= 1, must="be >= 1")
+    micro_batch_prompts: int = option(8, "Prompts per backward pass; prompts_per_step / micro_batch_prompts is the "
+                                         "gradient accumulation.", check=lambda v: v >= 1, must="be >= 1")
+    epochs: int = option(1, "Optimisation epochs over each rollout batch.", check=lambda v: v >= 1, must="be >= 1")
+    clip_low: float = option(0.2, "Lower ratio clip (1 - clip_low).", check=lambda v: 0 <= v < 1, must="be in [0, 1)")
+    clip_high: float = option(0.2, "Upper ratio clip (1 + clip_high).", check=lambda v: v >= 0, must="be >= 0")
+    aggregation: Literal["token_mean", "seq_mean_token_mean", "seq_mean_token_sum_norm"] = option(
+        "token_mean", "How token losses become one number: token_mean (over all valid tokens, DAPO), "
+                      "seq_mean_token_mean (original GRPO), seq_mean_token_sum_norm (Dr. GRPO).")
+    kl_coef: float = option(0.0, "Coefficient of the k3 KL to the reference (adapter disabled).", check=lambda v: v >= 0, must="be >= 0")
+    entropy_coef: float = option(0.0, "Coefficient of the entropy bonus.", check=lambda v: v >= 0, must="be >= 0")
+    max_grad_norm: float = option(1.0, "Gradient clipping on the global norm (0: off).", check=lambda v: v >= 0, must="be >= 0")
+    reward: Literal["binary", "fraction"] = option("binary", "Reward from a verdict: 1 iff passed, or the fraction of tests passed.")
+    scale_by_std: bool = option(True, "GRPO: divide group-centred rewards by the group std (False: Dr. GRPO).")
+    gamma: float = option(1.0, "PPO discount.")
+    lam: float = option(0.95, "PPO GAE lambda.")
+    vf_coef: float = option(0.5, "PPO value-loss coefficient.")
+    value_clip: float = option(0.2, "PPO value clip range.")
+
+
+@dataclass
+class ProtocolConfig:
+    kind: Literal["single", "sequential", "mixed"] = option("single", "single: one skill; sequential: phases "
+                                                           "A -> B -> C; mixed: all phase skills at once.")
+    phases: list = option(["gen"], "Skill (or list of skills) trained per phase, in order.")
+    steps_per_phase: int = option(20, "Training steps per phase.", check=lambda v: v >= 0, must="be >= 0")
+    mixed_weights: dict = option({}, "mixed: sampling weight per skill (missing skills weigh 1).")
+
+
+@dataclass
+class WorldDataConfig:
+    seed: int = option(0, "Seed of the built-in code world (task draw).")
+    n_train: int = option(400, "Training tasks per skill.", check=lambda v: v >= 1, must="be >= 1")
+    n_heldout: int = option(100, "Held-out evaluation tasks per skill.", check=lambda v: v >= 1, must="be >= 1")
+    difficulty: int = option(2, "World difficulty 1..4.", check=lambda v: 1 <= v <= 4, must="be in 1..4")
+
+
+@dataclass
+class EvalConfig:
+    every: int = option(10, "Evaluate every skill every this many steps (0: only at phase ends).", check=lambda v: v >= 0, must="be >= 0")
+    pass_k: list = option([], "Extra k values for unbiased pass@k (needs n_samples >= k).")
+    n_samples: int = option(0, "Samples per task for pass@k.")
+    max_new_tokens: int = option(96, "Greedy completion budget at evaluation.")
+
+
+@dataclass
+class MethodConfig:
+    name: Literal["plain", "replay", "ewc", "l2sp"] = option("plain", "Continual-learning method on top of the RL "
+                                                            "algorithm (KL/entropy are rl.kl_coef/rl.entropy_coef).")
+    replay_fraction: float = option(0.25, "replay: fraction of each batch's prompts drawn from earlier phases' skills.",
+                                    check=lambda v: 0 <= v < 1, must="be in [0, 1)")
+    ewc_lambda: float = option(100.0, "ewc: weight of the diagonal-Fisher penalty.")
+    ewc_prompts: int = option(16, "ewc: prompts per earlier skill used to estimate the Fisher.")
+    l2sp_lambda: float = option(1.0, "l2sp: weight of ||theta - theta_phase_start||^2.")
+
+
+@dataclass
+class RunConfig:
+    name: str = option("run", "Run name (not part of the config hash).", hash=False)
+    seed: int = option(0, "Seed of sampling, initialisation and task order.")
+    model: ModelConfig = option(ModelConfig(), "The policy model and its LoRA adapter.")
+    sampling: SamplingConfig = option(SamplingConfig(), "Rollout sampling.")
+    rl: RLConfig = option(RLConfig(), "The RL algorithm.")
+    protocol: ProtocolConfig = option(ProtocolConfig(), "Which skills are trained when.")
+    world: WorldDataConfig = option(WorldDataConfig(), "The built-in code world.")
+    eval: EvalConfig = option(EvalConfig(), "The evaluation schedule.")
+    method: MethodConfig = option(MethodConfig(), "Continual-learning baseline.")
+    checkpoint_every: int = option(5, "Save a resumable checkpoint every this many steps (and at phase ends).",
+                                   check=lambda v: v >= 1, must="be >= 1")
+    sandbox_workers: int = option(2, "Verifier worker processes.", check=lambda v: v >= 1, must="be >= 1")
+    tensorboard: bool = option(True, "Write TensorBoard event files (when tensorboard is installed).")
+    wandb: bool = option(False, "Log to Weights & Biases (when installed).")
+    progress: bool = option(True, "Show live progress bars.")
+
+    def phase_skills(self) -> list[list[str]]:
+        """Phases as lists of skill names (mixed: one phase with every listed skill)."""
+        phases = [[p] if isinstance(p, str) else list(p) for p in self.protocol.phases]
+        if self.protocol.kind == "mixed":
+            return [sorted({s for p in phases for s in p}, key=[s for p in phases for s in p].index)]
+        if self.protocol.kind == "single" and len(phases) != 1:
+            raise ValueError("protocol.kind=single needs exactly one phase")
+        return phases
+
+    def all_skills(self) -> list[str]:
+        seen: list[str] = []
+        for p in self.phase_skills():
+            for s in p:
+                if s not in seen:
+                    seen.append(s)
+        return seen
