@@ -80,6 +80,37 @@ class MethodConfig:
 
 
 @dataclass
+class SafetyConfig:
+    enabled: bool = option(False, "Skill-safe update: project the LoRA update so protected skills do not regress "
+                                  "(composes with any algo and method).")
+    space: Literal["step", "grad"] = option("step", "step: project the optimizer's proposed parameter step (the "
+                                            "guarantee holds for Adam); grad: project the gradient before the "
+                                            "optimizer (cheaper, exact only for SGD).")
+    solver: Literal["exact", "sequential"] = option("exact", "exact: the S x S dual QP; sequential: one constraint at "
+                                                    "a time (A-GEM-like, may leave violations).")
+    eps: float = option(0.0, "Slack per protected skill (>= 0): how much first-order harm is allowed.",
+                        check=lambda v: v >= 0, must="be >= 0")
+    eps_mode: Literal["absolute", "relative"] = option("relative", "relative: eps_s = eps * ||update|| * ||g_s|| "
+                                                       "(a cosine bound); absolute: in units of J_s per step.")
+    eps_per_skill: dict = option({}, "Per-skill eps overriding `eps`, e.g. {gen: 0.1}.")
+    protect: Literal["earlier", "others"] = option("earlier", "earlier: skills of earlier phases; others: every "
+                                                   "skill not being trained (mixed protocol: every skill).")
+    memory_prompts: int = option(32, "Prompts stored per protected skill.", check=lambda v: v >= 1, must="be >= 1")
+    memory_samples: int = option(4, "Stored samples per memory prompt (a GRPO group).", check=lambda v: v >= 2, must="be >= 2")
+    batch_prompts: int = option(8, "Memory prompts per gradient estimate (x memory_samples rows).",
+                                check=lambda v: v >= 1, must="be >= 1")
+    refresh_every: int = option(10, "Regenerate the stored rollouts every this many steps (1: fresh-rollout mode).",
+                                check=lambda v: v >= 1, must="be >= 1")
+    is_clip: float = option(2.0, "Truncation of the importance ratio for stale memory rollouts.",
+                            check=lambda v: v >= 1, must="be >= 1")
+    trigger: bool = option(False, "Switch a constraint on only when the skill falls more than tau below its reference.")
+    tau: float = option(0.05, "Trigger threshold (pass@1 or memory reward).")
+    trigger_source: Literal["eval", "memory"] = option("eval", "What the trigger watches: the online eval pass@1 "
+                                                       "or the memory buffer's mean reward.")
+    measure_realised: bool = option(True, "After each step, measure the realised change of J_s on the memory rows.")
+
+
+@dataclass
 class RunConfig:
     name: str = option("run", "Run name (not part of the config hash).", hash=False)
     seed: int = option(0, "Seed of sampling, initialisation and task order.")
@@ -90,6 +121,7 @@ class RunConfig:
     world: WorldDataConfig = option(WorldDataConfig(), "The built-in code world.")
     eval: EvalConfig = option(EvalConfig(), "The evaluation schedule.")
     method: MethodConfig = option(MethodConfig(), "Continual-learning baseline.")
+    safety: SafetyConfig = option(SafetyConfig(), "The skill-safe projection layer.")
     checkpoint_every: int = option(5, "Save a resumable checkpoint every this many steps (and at phase ends).",
                                    check=lambda v: v >= 1, must="be >= 1")
     sandbox_workers: int = option(2, "Verifier worker processes.", check=lambda v: v >= 1, must="be >= 1")

@@ -197,6 +197,7 @@ def update(trainer, rollout: Rollout) -> dict:
     sums: dict[str, float] = {}
     n_terms = 0
     grad_norms: list[float] = []
+    safety_metrics: dict[str, float] = {}
     skipped = False
     policy.model.train()
     for _epoch in range(rl.epochs):
@@ -236,10 +237,10 @@ def update(trainer, rollout: Rollout) -> dict:
             break
         grad_norm = torch.nn.utils.clip_grad_norm_(params, rl.max_grad_norm if rl.max_grad_norm > 0 else math.inf)
         grad_norms.append(float(grad_norm))
-        safety = getattr(trainer, "safety", None)
-        if safety is not None:
-            sums.update(safety.before_step(trainer, rollout))
-        opt.step()
+        if trainer.safety is not None:
+            safety_metrics.update(trainer.safety.step())
+        else:
+            opt.step()
     opt.zero_grad(set_to_none=True)
     policy.model.eval()
     if skipped:
@@ -250,5 +251,6 @@ def update(trainer, rollout: Rollout) -> dict:
     if grad_norms:
         out["grad/norm"] = sum(grad_norms) / len(grad_norms)
     out.update({k: float(v) for k, v in adv_metrics.items()})
+    out.update(safety_metrics)
     out["skipped"] = bool(skipped)
     return out

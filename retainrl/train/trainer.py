@@ -32,6 +32,7 @@ from retainrl.train import objective
 from retainrl.train.config import RunConfig
 from retainrl.train.progress import Progress
 from retainrl.train.runio import MetricsLog, TensorBoard, atomic_torch_save, atomic_write_text, load_checkpoint
+from retainrl.safety.layer import SafetyLayer
 from retainrl.train.sampler import TaskSampler
 from retainrl.verify import Sandbox
 from retainrl.verify.checks import verify_many
@@ -70,6 +71,7 @@ class Trainer:
         else:
             self.opt = torch.optim.AdamW(params, lr=cfg.rl.lr, weight_decay=cfg.rl.weight_decay)
         self.method = objective.make_method(cfg, self.policy)
+        self.safety = SafetyLayer(cfg, self) if cfg.safety.enabled else None
         self.eval_sampling = SamplingConfig(max_new_tokens=cfg.eval.max_new_tokens,
                                             max_prompt_tokens=cfg.sampling.max_prompt_tokens,
                                             stop_strings=cfg.sampling.stop_strings)
@@ -86,6 +88,7 @@ class Trainer:
     def state(self, metrics_lines: int) -> dict:
         return {"adapter": self.policy.adapter_state(), "optimizer": self.opt.state_dict(),
                 "method": self.method.state(), "sampler": self.sampler.state(),
+                "safety": self.safety.state() if self.safety is not None else None,
                 "rng": {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()},
                 "global_step": self.global_step, "phase": self.phase, "phase_step": self.phase_step,
                 "R": self.R, "curves": self.curves, "counters": self.counters, "metrics_lines": metrics_lines,
@@ -95,6 +98,8 @@ class Trainer:
         self.policy.load_adapter_state(st["adapter"])
         self.opt.load_state_dict(st["optimizer"])
         self.method.load_state(st["method"])
+        if self.safety is not None:
+            self.safety.load_state(st["safety"])
         self.sampler.set_state(st["sampler"])
         random.setstate(st["rng"]["python"])
         np.random.set_state(st["rng"]["numpy"])
@@ -198,7 +203,11 @@ class Trainer:
         rewards = torch.tensor([v.reward(rl.reward) for v in verdicts], dtype=torch.float32)
         rollout.rewards = rewards
         errors = sum(v.status in ("error", "killed") for v in verdicts)
+        n_events = len(self.safety.events) if self.safety is not None else 0
         stats = objective.update(self, rollout)
+        if self.safety is not None:
+            for ev in self.safety.events[n_events:]:
+                stats[f"safety/switched_on/{ev['skill']}"] = 1.0
         self.global_step += 1
         self.phase_step += 1
         tokens = int(rollout.lengths.sum())

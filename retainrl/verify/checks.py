@@ -106,6 +106,7 @@ def _try_parse(text: str) -> ast.expr | None:
     """An answer as an expression, or the test of `assert <expr>`; None if it is neither."""
     if len(text) > MAX_ANSWER_CHARS:
         raise Rejected("failed", f"answer longer than {MAX_ANSWER_CHARS} characters")
+    text = text.strip()  # leading spaces would be an IndentationError
     for mode in ("eval", "exec"):
         try:
             tree = ast.parse(text, mode=mode)
@@ -124,7 +125,7 @@ def _parse_expr_or_assert(text: str) -> ast.expr:
     if node is not None:
         return node
     try:
-        ast.parse(text, mode="exec")
+        ast.parse(text.strip(), mode="exec")
     except (SyntaxError, ValueError, RecursionError, MemoryError) as e:
         raise Rejected("syntax_error", f"answer does not parse: {_short(e)}") from None
     raise Rejected("failed", "answer is not one expression")
