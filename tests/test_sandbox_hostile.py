@@ -141,6 +141,24 @@ HOSTILE = {
     "generator_of_liars": (LIAR + "def f(x):\n    for _ in range(3): yield Liar()\n", TESTS_LIST),
     "dict_with_liar_keys": (LIAR + "def f(x): return {Liar(): 1}\n", "assert f(1) == {2: 1}\n"),
     "liar_in_tuple": (LIAR + "def f(x): return (Liar(), Liar())\n", "assert f(1) == (2, 3)\n"),
+    "liar_via_assignment": (LIAR + "def f(x): return Liar()\n", "x = f(1)\ny = f(5)\nassert x == 2\nassert y == 6\n"),
+    "liar_subscript": (LIAR + "class G:\n    def __getitem__(s, i): return 2\ndef f(x): return G()\n",
+                       "assert f(1)[0] == 2\n"),
+    "liar_attribute_eq": (LIAR + "class A:\n    real = None\ndef f(x):\n    a = A()\n    a.real = Liar()\n    return a\n", "assert f(1).real == 2\n"),
+    # Not in the list: `assert f(1).count(2) == 1` passed by an object whose count() returns 1.
+    # A method call on a program object is program code answering the test (duck typing), as
+    # with a Stack class under test; the harness only guarantees that its *result* is plain.
+    "liar_fstring": ("class A:\n    def __format__(s, spec): return '2'\ndef f(x): return A()\n",
+                     "assert f'{f(1)}' == '2'\n"),
+    "liar_in_operator": (LIAR + "def f(x): return [Liar()]\n", "assert 2 in f(1)\n"),
+    "thread_started_during_test": (textwrap.dedent("""
+        import builtins, threading
+        def spam():
+            while True: builtins.abs = lambda v: 0
+        def f(x):
+            threading.Thread(target=spam, daemon=True).start()
+            return 100
+    """), TESTS_ABS),
     "metaclass_eq": ("class M(type):\n    def __eq__(c, o): return True\n    __hash__ = type.__hash__\n"
                      "class C(metaclass=M): pass\ndef f(x): return C\n", TESTS),
     "namedtuple_eq": ("import collections\nP = collections.namedtuple('P', 'a')\nP.__eq__ = lambda s, o: True\n"
@@ -320,6 +338,31 @@ def test_honest_generator_consumed_by_trusted_list(sandbox):
     assert sandbox.run_tests(prog, "assert sum(f(3)) == 6\nassert [x * 2 for x in f(2)] == [2, 4]\n").passed
 
 
+def test_honest_benchmark_idioms(sandbox):
+    cases = {
+        "setup_builds_program_objects": ("class Node:\n    def __init__(self, v, left=None):\n        self.v, self.left = v, left\n"
+                                         "def height(n):\n    return 0 if n is None else 1 + height(n.left)\n",
+                                         "root = Node(1, Node(2))\nassert height(root) == 2\n"),
+        "trusted_stdlib_object": ("def f(x):\n    return x + 1\n",
+                                  "import random\nrng = random.Random(42)\nfor _ in range(5):\n"
+                                  "    v = rng.randint(0, 9)\n    assert f(v) == v + 1\n"),
+        "re_match_truth": ("import re\ndef f(s):\n    return re.search('a+', s)\n",
+                           "assert f('baa')\nassert not f('bbb')\nassert f('baa').group(0) == 'aa'\n"),
+        "class_in_tests": ("def f(x):\n    return x + 1\n",
+                           "class Checker:\n    def run(self):\n        return f(1) == 2\nassert Checker().run()\n"),
+        "kwarg_named_f": ("def g(**kw):\n    return kw\n", "assert dict(f=1) == {'f': 1}\nassert g(f=2) == {'f': 2}\n"),
+        "program_shadows_sum": ("def sum(a, b):\n    return a + b\n", "assert sum(10, 15) == 25\n"),
+        "program_object_method": ("class Stack:\n    def __init__(self): self.items = []\n"
+                                  "    def push(self, x): self.items.append(x); return len(self.items)\n",
+                                  "s = Stack()\nassert s.push(3) == 1\nassert s.push(4) == 2\n"),
+        "shift_jis_codec": ("def f(s):\n    return s.encode('shift_jis')\n", "assert f('12:00') == b'12:00'\n"),
+    }
+    names = list(cases)
+    verdicts = sandbox.run_tests_many([cases[n] for n in names], timeout_s=10.0)
+    failed = [(n, v) for n, v in zip(names, verdicts) if not v.passed]
+    assert not failed, "; ".join(f"{n}: {v.status} {v.details}" for n, v in failed)
+
+
 def test_honest_program_classes_can_be_passed_back(sandbox):
     prog = ("class Pair:\n    def __init__(self, a, b): self.a, self.b = a, b\n"
             "def longest(pairs, n):\n    return max(p.b - p.a for p in pairs)\n")
@@ -357,7 +400,7 @@ def test_status_and_score_semantics(sandbox):
 def test_close_leaves_no_process_behind():
     sb = Sandbox(workers=2)
     pids = [w.proc.pid for w in sb._workers]
-    uids = [w.uid for w in sb._workers]
+    uids = [w.info.get("uid") for w in sb._workers]
     sb.run_tests_many([("import time\ntime.sleep(30)\n", "assert True\n")] * 2, timeout_s=0.5)
     sb.close()
     time.sleep(0.2)

@@ -43,6 +43,12 @@ _STDLIB_VALUE_TYPES = (
     ("fractions", ("Fraction",), ()),
     ("datetime", ("date", "datetime", "time", "timedelta", "timezone"), ()),
 )
+JUDGING_BUILTINS = frozenset({
+    "abs", "all", "any", "bool", "callable", "dict", "enumerate", "float", "frozenset", "getattr", "hasattr",
+    "hash", "id", "int", "isinstance", "issubclass", "iter", "len", "list", "map", "next", "object", "print",
+    "range", "repr", "reversed", "round", "set", "sorted", "str", "tuple", "type", "zip", "eval", "exec",
+    "compile", "open", "super", "vars", "globals", "locals", "min", "max",
+})
 MAX_ELEMENTS = 1_000_000  # deep checks and materialised iterators stop here (a failed unit)
 MAX_DEPTH = 200
 
@@ -72,6 +78,17 @@ def value_types() -> tuple[frozenset, frozenset]:
     return frozenset(seqs), frozenset(maps)
 
 
+def thread_counter():
+    """A function returning the number of OS threads of this process (program threads included,
+    also those started through _thread directly)."""
+    listdir = os.listdir
+    if os.path.isdir("/proc/self/task"):
+        return lambda: len(listdir("/proc/self/task"))
+    import threading
+
+    return threading.active_count
+
+
 def make_guards(trusted_ids: frozenset, preexisting_type_ids: frozenset, restore, record_unit):
     """Build the guard functions used by rewritten tests (see transform.py).
 
@@ -80,17 +97,24 @@ def make_guards(trusted_ids: frozenset, preexisting_type_ids: frozenset, restore
     restore: undoes monkeypatching of builtins and pre-imported modules.
     record_unit(ok: bool, line: int, why: str): the harness's unit counter.
     """
-    _type, _id, _len, _iter, _next, _list, _hasattr = type, id, len, iter, next, list, hasattr
-    _dict_items, _isinstance = dict.items, isinstance
+    _type, _id, _len, _iter, _hasattr, _bool = type, id, len, iter, hasattr, bool
+    _dict_items = dict.items
     seq_types, map_types = value_types()
     view_items = type({}.items())
-    plain_scalars = frozenset(_PLAIN_SCALARS)
+    plain_scalars = set(_PLAIN_SCALARS)
+    re_mod = sys.modules.get("re")
+    if re_mod is not None:
+        plain_scalars |= {re_mod.Match, re_mod.Pattern}
+    plain_scalars = frozenset(plain_scalars)
     callable_types = frozenset({types.FunctionType, types.BuiltinFunctionType, types.MethodType,
                                 types.MethodDescriptorType, types.WrapperDescriptorType,
                                 types.MethodWrapperType, types.ClassMethodDescriptorType,
                                 types.ModuleType})
+    container_dunders = ("__iter__", "__getitem__", "__contains__", "__len__")
     test_defined: set[int] = set()
-    keep_alive: list = []  # test-defined callables stay alive, so their ids stay unique
+    tainted: set[int] = set()   # ids of iterators that program code returned
+    keep_alive: list = []       # objects whose ids are recorded stay alive, so ids stay unique
+    n_threads = thread_counter()
 
     def type_name(t) -> str:
         return type.__dict__["__name__"].__get__(t)
@@ -116,6 +140,15 @@ def make_guards(trusted_ids: frozenset, preexisting_type_ids: frozenset, restore
             return True  # methods of C types, which the program cannot define
         return False
 
+    def inert_instance(t) -> bool:
+        """An instance of a pre-existing, non-container class (e.g. random.Random)."""
+        if _id(t) not in preexisting_type_ids:
+            return False
+        for name in container_dunders:
+            if _hasattr(t, name):
+                return False
+        return True
+
     def check_value(x, depth=0, seen=None, budget=None):
         """Raise UntrustedValue unless x is inert data (deep)."""
         if budget is None:
@@ -139,8 +172,12 @@ def make_guards(trusted_ids: frozenset, preexisting_type_ids: frozenset, restore
                 for e in x:  # iteration of these C containers runs no program code
                     check_value(e, depth + 1, seen, budget)
             return
-        if t in callable_types and is_trusted_callable(x):
+        if (t in callable_types or t is type) and is_trusted_callable(x):
             return
+        if _id(x) not in tainted and inert_instance(t):
+            return
+        if _id(t) in test_defined:  # an instance of a class the tests define (its attributes are
+            return                  # checked where they are used)
         raise UntrustedValue(f"a value of type {type_name(t)!r} is not plain data")
 
     def is_iterator(x) -> bool:
@@ -167,7 +204,7 @@ def make_guards(trusted_ids: frozenset, preexisting_type_ids: frozenset, restore
 
     def guard_arg(a):
         """An argument on its way into a trusted (builtin/stdlib) callee."""
-        if is_iterator(a):
+        if _id(a) in tainted or is_iterator(a):  # generators of the tests may yield program values too
             return _iter(materialise(a))
         t = _type(a)
         if t in callable_types or t is type:
@@ -177,36 +214,38 @@ def make_guards(trusted_ids: frozenset, preexisting_type_ids: frozenset, restore
         check_value(a)
         return a
 
-    def call(f, args, kwargs, use_value: bool):
+    def rr_call(f, /, *args, **kwargs):
         if _id(f) in test_defined:
-            result = f(*args, **kwargs)
-        elif is_trusted_callable(f):
+            return f(*args, **kwargs)
+        if is_trusted_callable(f):
             args = [guard_arg(a) for a in args]
             kwargs = {k: guard_arg(v) for k, v in _dict_items(kwargs)}
-            result = f(*args, **kwargs)
-        else:  # program code
-            result = f(*args, **kwargs)
-            restore()
-        if use_value and not is_iterator(result):
-            check_value(result)
+            return f(*args, **kwargs)
+        result = f(*args, **kwargs)  # program code
+        restore()
+        if n_threads() > 1:  # a live program thread could patch what the tests use next
+            raise UntrustedValue("the program left a thread running")
+        if is_iterator(result):
+            tainted.add(_id(result))
+            keep_alive.append(result)
         return result
 
-    def rr_call(f, *args, **kwargs):
-        return call(f, args, kwargs, True)
-
-    def rr_call_arg(f, *args, **kwargs):
-        return call(f, args, kwargs, False)
+    def rr_v(x):
+        check_value(x)
+        return x
 
     def rr_iter(x):
-        if _type(x) in plain_scalars or _type(x) in seq_types or _type(x) in map_types:
+        t = _type(x)
+        if _id(x) in tainted or not (t in plain_scalars or t in seq_types or t in map_types or is_iterator(x)):
+            return materialise(x)
+        if not is_iterator(x):
             check_value(x)
-            return x
-        return materialise(x)
+        return x
 
     def rr_assert(value, line):
         try:
             check_value(value)
-            ok = bool(value)
+            ok = _bool(value)
         except UntrustedValue as e:
             record_unit(False, line, f"assert on line {line}: {e}")
             return
@@ -217,8 +256,7 @@ def make_guards(trusted_ids: frozenset, preexisting_type_ids: frozenset, restore
         keep_alive.append(f)
         return f
 
-    return {"__rr_call": rr_call, "__rr_call_arg": rr_call_arg, "__rr_iter": rr_iter,
-            "__rr_assert": rr_assert, "__rr_trust": rr_trust}
+    return {"_rr_call": rr_call, "_rr_v": rr_v, "_rr_iter": rr_iter, "_rr_assert": rr_assert, "_rr_trust": rr_trust}
 
 
 # ----------------------------------------------------------------------------------------
@@ -478,9 +516,14 @@ def run_child(job: dict, statements, result_fd: int, nonce: str, workdir: str,
         restore()
         finish("error", f"program raised {exc_summary(e)}")
     restore()
+    if thread_counter()() > 1:
+        finish("error", "the program left a thread running (it could tamper with the tests)")
 
     # Phase 2: the tests, one top-level statement at a time, in their own namespace.
-    test_ns = {k: v for k, v in dict.items(program_ns) if not (k in builtins.__dict__ and k != "__name__")}
+    # A program may define a function named like a builtin (MBPP's `sum`), and the tests then
+    # call it; but not the builtins that tests use to judge results.
+    test_ns = {k: v for k, v in dict.items(program_ns)
+               if not (k.startswith("__") or k in JUDGING_BUILTINS)}
     test_ns.update(guards)
     test_ns["__builtins__"] = builtins
     test_ns["__name__"] = "__tests__"

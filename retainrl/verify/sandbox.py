@@ -125,8 +125,8 @@ class _WorkerHandle:
                 f.close()
             except OSError:
                 pass
-        if self.uid is not None:
-            _sweep_uid(self.uid)
+        if self.info.get("uid") is not None:
+            _sweep_uid(self.info["uid"])
         self.proc = None
 
 
@@ -177,7 +177,8 @@ class Sandbox:
 
     @property
     def uid_isolated(self) -> bool:
-        return all(w.uid is not None for w in self._workers)
+        """True when every child runs under a sandbox uid (root, and a world-readable Python)."""
+        return all(w.info.get("uid") is not None for w in self._workers)
 
     def run_tests(self, program: str, tests: str, timeout_s: float = 5.0) -> Verdict:
         return self.run_tests_many([(program, tests)], timeout_s=timeout_s)[0]

@@ -185,6 +185,14 @@ class Worker:
                 __import__(name)
             except Exception:
                 pass
+        import encodings
+        import pkgutil
+
+        for mod in pkgutil.iter_modules(encodings.__path__):  # every codec, e.g. shift_jis
+            try:
+                __import__(f"encodings.{mod.name}")
+            except Exception:
+                pass
         try:
             import numpy  # noqa: F401  (programs often use it; pre-importing makes it trusted)
         except Exception:
@@ -359,8 +367,31 @@ class Worker:
         return out
 
 
+def stdlib_readable_by_others() -> bool:
+    """A child dropped to another uid can import only what "others" may read: every folder from
+    / down to the standard library and site-packages must be world-searchable, else the uid
+    drop would break `import` of anything not pre-imported (pyenv under /root, say)."""
+    import sysconfig
+
+    for key in ("stdlib", "platstdlib", "purelib", "platlib"):
+        path = os.path.realpath(sysconfig.get_paths()[key])
+        while True:
+            try:
+                if not os.stat(path).st_mode & 0o001:
+                    return False
+            except OSError:
+                return False
+            parent = os.path.dirname(path)
+            if parent == path:
+                break
+            path = parent
+    return True
+
+
 def main() -> None:
     uid = int(sys.argv[1]) if len(sys.argv) > 1 and sys.argv[1] != "-" else None
+    if uid is not None and not stdlib_readable_by_others():
+        uid = None  # fall back to the audit-hook layer alone; reported as uid_isolated=False
     worker = Worker(uid)
     worker.setup()
     stdin, stdout = sys.stdin.fileno(), sys.stdout.fileno()
