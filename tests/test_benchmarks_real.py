@@ -158,14 +158,15 @@ def test_quixbugs_correct_programs_pass_every_case_in_time(sandbox, quix_correct
     missed = _not_passed_cases(tasks, verdicts)
     # Every case a correct program misses is a timeout, never a wrong answer or an error.
     assert {k: f"{c['status']}: {c['details']}" for k, c in missed.items() if c["status"] != "timeout"} == {}
-    # Retried alone with a long limit, only the two minutes-long upstream cases still time out
+    # Retried alone with a long limit, only the two minutes-long upstream cases still fail
     # (levenshtein case 3 takes about 2 s and may or may not hit the per-case limit under load).
     by_name = {t.entry_point: t for t in tasks}
     retried = sorted(missed)
     again = sandbox.run_tests_many([(by_name[n].reference, by_name[n].meta["case_tests"][i - 1]) for n, i in retried],
                                    timeout_s=QUIX_RETRY_LIMIT_S)
     still = {key: v.status for key, v in zip(retried, again) if not v.passed}
-    assert still == {key: "timeout" for key in QUIX_MINUTES_LONG}
+    # Both hit a resource limit: the wall clock, or (knapsack's growing table) the 512 MB budget.
+    assert set(still) == set(QUIX_MINUTES_LONG) and set(still.values()) <= {"timeout", "oom"}, still
 
 
 def test_quixbugs_every_buggy_program_fails_a_case_the_correct_one_passes(sandbox, quix_correct):
