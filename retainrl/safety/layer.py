@@ -76,6 +76,27 @@ def project_update(g: torch.Tensor, G: torch.Tensor, eps: torch.Tensor | float, 
     return d, info.metrics()
 
 
+def safe_step(params, opt, g: torch.Tensor, G: torch.Tensor, eps, eps_mode: str, space: str, solver: str):
+    """Apply one skill-safe optimizer step; returns (applied step (d,), projection metrics).
+
+    g: (d,) target loss gradient; G: (S, d) protected skills' loss gradients (-grad J_s), both
+    already averaged over ranks. space="grad" projects g and lets the optimizer step from it;
+    space="step" lets the optimizer propose Delta from g, then applies -project(-Delta, G, eps).
+    """
+    before = flat_params(params)
+    if space == "grad":
+        d, pm = project_update(g, G, eps, eps_mode, solver)
+        write_flat(params, d, "grad")
+        opt.step()
+    else:
+        write_flat(params, g, "grad")
+        opt.step()  # the optimizer's own step from the target gradient (moments updated)
+        proposed = flat_params(params) - before
+        u, pm = project_update(-proposed, G, eps, eps_mode, solver)
+        write_flat(params, before - u, "data")
+    return flat_params(params) - before, pm
+
+
 class SafetyLayer:
     def __init__(self, cfg, trainer):
         self.cfg = cfg.safety
@@ -146,19 +167,7 @@ class SafetyLayer:
             rows_used[s], J_before[s] = rows, float(J)
             metrics[f"safety/memory_reward/{s}"] = mem.mean_reward
         G = torch.stack(G_rows)
-        eps = self._eps(skills)
-        before = flat_params(params)
-        if cfg.space == "grad":
-            d, pm = project_update(g, G, eps, cfg.eps_mode, cfg.solver)
-            write_flat(params, d, "grad")
-            t.opt.step()
-        else:
-            write_flat(params, g, "grad")
-            t.opt.step()  # the optimizer's own step from the target gradient (moments updated)
-            proposed = flat_params(params) - before
-            u, pm = project_update(-proposed, G, eps, cfg.eps_mode, cfg.solver)
-            write_flat(params, before - u, "data")
-        applied = flat_params(params) - before
+        applied, pm = safe_step(params, t.opt, g, G, self._eps(skills), cfg.eps_mode, cfg.space, cfg.solver)
         metrics.update({k.replace("proj/", "safety/"): v for k, v in pm.items()})
         for i, s in enumerate(skills):
             metrics[f"safety/predicted_dJ/{s}"] = float(-(G[i].double() @ applied.double()))
