@@ -130,6 +130,14 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--help-config", action="store_true", help="list every config field and exit")
     t.set_defaults(func=cmd_train)
 
+    sw = sub.add_parser("sweep", help="seeds x grid of train runs with an aggregate table", add_help=False)
+    sw.add_argument("rest", nargs=argparse.REMAINDER)
+    sw.set_defaults(func=lambda a: __import__("retainrl.train.sweep", fromlist=["main"]).main(a.rest))
+    rp = sub.add_parser("report", help="report.html, summary.md, tables.tex and figures for a run or sweep",
+                        add_help=False)
+    rp.add_argument("rest", nargs=argparse.REMAINDER)
+    rp.set_defaults(func=lambda a: __import__("retainrl.report", fromlist=["main"]).main(a.rest))
+
     for name in ("verify-demo", "demo"):
         d = sub.add_parser(name, help="verify real benchmark references, broken and hostile completions")
         d.add_argument("--data", default=str(DEFAULT_DATA), help="folder holding the benchmark files")

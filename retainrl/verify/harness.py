@@ -287,20 +287,44 @@ def snapshot_modules() -> list[tuple[str, object, dict]]:
     return snaps
 
 
+def module_closure(names) -> frozenset[str]:
+    """The named loaded modules plus every module reachable from their globals (transitively):
+    what trusted code called by the tests can reach, so what a cheap restore must cover."""
+    out, stack = set(), [n for n in names if n in sys.modules]
+    by_id = {id(m): k for k, m in list(sys.modules.items())}
+    while stack:
+        name = stack.pop()
+        if name in out:
+            continue
+        out.add(name)
+        for v in list(getattr(sys.modules.get(name), "__dict__", {}).values()):
+            if isinstance(v, types.ModuleType) and id(v) in by_id:
+                stack.append(by_id[id(v)])
+            elif isinstance(v, (type, types.FunctionType)):
+                mod = getattr(v, "__module__", None)
+                if isinstance(mod, str) and mod in sys.modules:
+                    stack.append(mod)
+    return frozenset(out)
+
+
 def make_restore(snaps, light_names=()):
     """Two functions that reset snapshotted dicts' original keys to their original values.
 
     restore_full() covers every module (and its classes) loaded before the program (a few
-    ms); restore_light() only builtins, sys.modules and the modules named in `light_names`
-    (those the tests reference), cheap enough to run after every call into program code.
+    ms, run once after the program is defined); restore_light() only builtins, sys,
+    sys.modules and the modules in `light_names` (module_closure of what the tests reference),
+    cheap enough to run before every test statement and after every call into program code.
     """
     _dict_items, _len, _type, _isinstance = dict.items, len, type, isinstance
     module_type, set_class = types.ModuleType, object.__setattr__
     type_setattr, type_delattr, type_dict = type.__setattr__, type.__delattr__, type.__dict__["__dict__"].__get__
-    modules = [m for m in sys.modules.values() if type(m) is types.ModuleType]
     wanted = {"builtins", "sys.modules", "sys"} | set(light_names)
-    light = [(live, saved) for name, live, saved in snaps if name in wanted or name.split(".")[0] in wanted]
-    full = [(live, saved) for _, live, saved in snaps]
+    modules = [m for k, m in sys.modules.items() if k in wanted and type(m) is types.ModuleType]
+    light = [(live, saved) for name, live, saved in snaps if name in wanted]
+    # Touching an object in a forked child copies its memory page (reference counts), so the
+    # "full" restore covers only what the tests can reach too; a patch elsewhere cannot affect
+    # a trusted computation of the tests.
+    full = light
     _missing = object()
 
     def reset_class(cls, saved):
@@ -491,8 +515,12 @@ def run_child(job: dict, statements, result_fd: int, nonce: str, workdir: str,
             line, tb = tb.tb_lineno, tb.tb_next
         return f"{name} (line {line})" if line else name
 
-    restore, restore_light = make_restore(snaps, light_names)
     sink = capture_output(int(job.get("output_limit", 65536)))
+    for name, live, saved in snaps:  # restoring must keep the capture, not the worker's pipes
+        if live is sys.__dict__:
+            for k in ("stdout", "stderr", "__stdout__", "__stderr__"):
+                saved[k] = sys.__dict__[k]
+    restore, restore_light = make_restore(snaps, light_names)
     guards = make_guards(trusted_ids, preexisting_type_ids, restore_light, record_unit)
     # The program gets a real module, so stdlib code that looks up cls.__module__ (dataclasses,
     # pickle, typing) finds it.
@@ -529,7 +557,7 @@ def run_child(job: dict, statements, result_fd: int, nonce: str, workdir: str,
     test_ns["__name__"] = "__tests__"
     saw_oom = False
     for code, line in statements:
-        restore()
+        restore_light()
         try:
             exec(code, test_ns)
             counts["statements_done"] += 1
@@ -542,7 +570,6 @@ def run_child(job: dict, statements, result_fd: int, nonce: str, workdir: str,
             if test_ns.get(name) is not fn:
                 test_ns[name] = fn
                 record_unit(False, line, f"test namespace tampered with ({name})")
-    restore()
     if counts["failed"] == 0 and counts["statements_done"] == len(statements):
         finish("passed", "")
     finish("oom" if saw_oom else "failed", first_failure[0] if first_failure else "tests failed")

@@ -217,6 +217,10 @@ class Worker:
         snaps[1] = ("sys.modules", sys.modules, {k: v for k, v in snaps[1][2].items() if k not in hidden})
         self.snaps = snaps
         self.base_dir = tempfile.mkdtemp(prefix="retainrl-sandbox-")
+        import gc
+
+        gc.collect()
+        gc.freeze()  # children's collections skip the worker's objects: fewer copy-on-write faults
         os.chmod(self.base_dir, 0o711)
 
     def _on_term(self, signum, frame) -> None:
@@ -229,7 +233,8 @@ class Worker:
     def rewrite(self, tests: str):
         hit = self.test_cache.get(tests)
         if hit is None:
-            hit = self.transform.rewrite_tests(tests)
+            statements, n, names = self.transform.rewrite_tests(tests)
+            hit = (statements, n, self.harness.module_closure(names))
             if len(self.test_cache) > 512:
                 self.test_cache.clear()
             self.test_cache[tests] = hit
