@@ -130,13 +130,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--help-config", action="store_true", help="list every config field and exit")
     t.set_defaults(func=cmd_train)
 
-    sw = sub.add_parser("sweep", help="seeds x grid of train runs with an aggregate table", add_help=False)
-    sw.add_argument("rest", nargs=argparse.REMAINDER)
-    sw.set_defaults(func=lambda a: __import__("retainrl.train.sweep", fromlist=["main"]).main(a.rest))
-    rp = sub.add_parser("report", help="report.html, summary.md, tables.tex and figures for a run or sweep",
-                        add_help=False)
-    rp.add_argument("rest", nargs=argparse.REMAINDER)
-    rp.set_defaults(func=lambda a: __import__("retainrl.report", fromlist=["main"]).main(a.rest))
+    sub.add_parser("sweep", help="seeds x grid of train runs with an aggregate table (retainrl sweep --help)")
+    sub.add_parser("report", help="report.html, summary.md, tables.tex and figures (retainrl report --help)")
 
     for name in ("verify-demo", "demo"):
         d = sub.add_parser(name, help="verify real benchmark references, broken and hostile completions")
@@ -148,6 +143,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    # sweep and report own their argument parsers (retainrl/train/sweep.py, retainrl/report).
+    if argv and argv[0] == "sweep":
+        from retainrl.train.sweep import main as sweep_main
+
+        return sweep_main(argv[1:])
+    if argv and argv[0] == "report":
+        from retainrl.report import main as report_main
+
+        return report_main(argv[1:])
     args = build_parser().parse_args(argv)
     return args.func(args)
 
