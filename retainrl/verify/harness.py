@@ -81,9 +81,19 @@ def value_types() -> tuple[frozenset, frozenset]:
 def thread_counter():
     """A function returning the number of OS threads of this process (program threads included,
     also those started through _thread directly)."""
-    listdir = os.listdir
+    import time as _time
+
+    listdir, sleep = os.listdir, _time.sleep
     if os.path.isdir("/proc/self/task"):
-        return lambda: len(listdir("/proc/self/task"))
+        def count() -> int:
+            n = len(listdir("/proc/self/task"))
+            for _ in range(20):  # a joined thread's OS task takes a moment to disappear
+                if n <= 1:
+                    break
+                sleep(0.002)
+                n = len(listdir("/proc/self/task"))
+            return n
+        return count
     import threading
 
     return threading.active_count
@@ -532,7 +542,7 @@ def run_child(job: dict, statements, result_fd: int, nonce: str, workdir: str,
 
     # Phase 1: define the program.
     try:
-        code = compile(job["program"], "<program>", "exec")
+        code = job.get("program_code") or compile(job["program"], "<program>", "exec")
     except BaseException as e:  # noqa: BLE001 - anything in compile is a syntax problem
         finish("syntax_error", exc_summary(e))
     try:

@@ -234,7 +234,10 @@ class Worker:
         hit = self.test_cache.get(tests)
         if hit is None:
             statements, n, names = self.transform.rewrite_tests(tests)
-            hit = (statements, n, self.harness.module_closure(names))
+            closure = self.harness.module_closure(names)
+            wanted = {"builtins", "sys.modules", "sys"} | closure
+            # only what the tests can reach is restored; filter here, once, not in each child
+            hit = (statements, n, closure, [e for e in self.snaps if e[0] in wanted])
             if len(self.test_cache) > 512:
                 self.test_cache.clear()
             self.test_cache[tests] = hit
@@ -248,20 +251,20 @@ class Worker:
         if len(program) > MAX_SOURCE_BYTES or len(tests) > MAX_SOURCE_BYTES:
             return {"status": "error", "details": "source too large"}
         try:
-            compile(program, "<program>", "exec", dont_inherit=True)
+            job["program_code"] = compile(program, "<program>", "exec", dont_inherit=True)
         except (SyntaxError, ValueError, RecursionError, MemoryError, OverflowError) as e:
             return {"status": "syntax_error", "details": f"{type(e).__name__}: {getattr(e, 'msg', e)}"[:300]}
         try:
-            statements, n_statements, light_names = self.rewrite(tests)
+            statements, n_statements, light_names, snaps = self.rewrite(tests)
         except self.transform.TestSourceError as e:
             return {"status": "error", "details": str(e)[:300]}
         workdir = tempfile.mkdtemp(dir=self.base_dir)
         try:
-            return self._fork_and_wait(job, statements, n_statements, light_names, workdir, t0)
+            return self._fork_and_wait(job, statements, n_statements, light_names, snaps, workdir, t0)
         finally:
             shutil.rmtree(workdir, ignore_errors=True)
 
-    def _fork_and_wait(self, job, statements, n_statements, light_names, workdir, t0) -> dict:
+    def _fork_and_wait(self, job, statements, n_statements, light_names, snaps, workdir, t0) -> dict:
         uid = self.sandbox_uid
         if uid is not None:
             os.chown(workdir, uid, uid)
@@ -273,7 +276,7 @@ class Worker:
                 os.close(r)
                 self._enter_child(job, w, workdir)
                 self.harness.run_child(job, statements, w, nonce, workdir, self.trusted_ids,
-                                       self.type_ids, self.snaps, light_names)
+                                       self.type_ids, snaps, light_names)
             finally:
                 os._exit(70)
         self.current_child = pid
