@@ -61,6 +61,69 @@ def cmd_train(args) -> int:
     return 0
 
 
+DEMO_METHODS = {
+    "plain": ["method.name=plain"],
+    "safe": ["method.name=plain", "safety.enabled=true"],
+    "replay": ["method.name=replay"],
+    "ewc": ["method.name=ewc"],
+    "l2sp": ["method.name=l2sp"],
+    "kl": ["method.name=plain", "rl.kl_coef=0.05"],
+    "safe+replay": ["method.name=replay", "safety.enabled=true"],
+}
+
+
+def cmd_demo(args) -> int:
+    """Sequential gen -> repair -> reason on the bundled model: plain GRPO vs skill-safe GRPO vs replay."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from retainrl.config import load_config
+    from retainrl.metrics.retention import aggregate_seeds
+    from retainrl.report import run_report
+    from retainrl.train.config import RunConfig
+    from retainrl.train.trainer import Trainer
+
+    console = Console()
+    config = Path(args.config)
+    out = Path(args.out)
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    unknown = [m for m in methods if m not in DEMO_METHODS]
+    if unknown:
+        console.print(f"[red]unknown method(s) {unknown}; choose from {sorted(DEMO_METHODS)}[/red]")
+        return 2
+    seeds = [int(s) for s in args.seeds.split(",")]
+    extra = [f"model.name_or_path={args.model}"] + list(args.overrides)
+    t0 = time.monotonic()
+    summaries: dict[str, list[dict]] = {}
+    for method in methods:
+        for seed in seeds:
+            run_dir = out / method / f"seed{seed}"
+            cfg = load_config(RunConfig, config, DEMO_METHODS[method] + extra + [f"seed={seed}", f"name=demo-{method}"])
+            console.print(f"[bold]== {method}, seed {seed}[/bold] -> {run_dir}")
+            if not (run_dir / "summary.json").exists():
+                Trainer(cfg, run_dir).run()
+            summaries.setdefault(method, []).append(json.loads((run_dir / "summary.json").read_text()))
+    files = run_report(out)
+    table = Table(title=f"retainrl demo: {' -> '.join(str(p) for p in summaries[methods[0]][0]['phases'])} "
+                        f"({len(seeds)} seed{'s' if len(seeds) > 1 else ''}, {time.monotonic() - t0:.0f} s)")
+    for col in ("method", "avg", "worst", "forgetting", "target gain", "tokens"):
+        table.add_column(col, justify="right" if col != "method" else "left")
+    for method, runs in summaries.items():
+        agg = aggregate_seeds(runs)
+
+        def cell(key, digits=3):
+            e = agg.get(key) or {}
+            if e.get("mean") is None:
+                return "-"
+            return f"{e['mean']:.{digits}f}" + (f" ± {e['std']:.{digits}f}" if len(runs) > 1 else "")
+        table.add_row(method, cell("avg"), cell("worst"), cell("forgetting"), cell("target_gain_mean"),
+                      cell("tokens_generated", 0))
+    console.print(table)
+    report = files.get("report.html")
+    console.print(f"report: {report}")
+    return 0
+
+
 def cmd_verify_demo(args) -> int:
     """Verify real benchmark reference solutions, broken versions and hostile programs."""
     from rich.console import Console
@@ -133,12 +196,20 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("sweep", help="seeds x grid of train runs with an aggregate table (retainrl sweep --help)")
     sub.add_parser("report", help="report.html, summary.md, tables.tex and figures (retainrl report --help)")
 
-    for name in ("verify-demo", "demo"):
-        d = sub.add_parser(name, help="verify real benchmark references, broken and hostile completions")
-        d.add_argument("--data", default=str(DEFAULT_DATA), help="folder holding the benchmark files")
-        d.add_argument("--limit", type=int, default=10_000, help="tasks per benchmark")
-        d.add_argument("--workers", type=int, default=2)
-        d.set_defaults(func=cmd_verify_demo)
+    d = sub.add_parser("verify-demo", help="verify real benchmark references, broken and hostile completions")
+    d.add_argument("--data", default=str(DEFAULT_DATA), help="folder holding the benchmark files")
+    d.add_argument("--limit", type=int, default=10_000, help="tasks per benchmark")
+    d.add_argument("--workers", type=int, default=2)
+    d.set_defaults(func=cmd_verify_demo)
+
+    m = sub.add_parser("demo", help="sequential gen -> repair -> reason: plain GRPO vs skill-safe GRPO vs replay")
+    m.add_argument("overrides", nargs="*", help="key=value config overrides for every run")
+    m.add_argument("--config", default=str(Path(__file__).resolve().parent / "configs" / "demo.yaml"))
+    m.add_argument("--methods", default="plain,safe,replay", help=f"comma list of {sorted(DEMO_METHODS)}")
+    m.add_argument("--seeds", default="0", help="comma list of seeds")
+    m.add_argument("--model", default="bundled", help="'bundled', a model directory or a hub id")
+    m.add_argument("--out", default="runs/demo")
+    m.set_defaults(func=cmd_demo)
     return p
 
 

@@ -18,7 +18,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 SMOKE = ROOT / "configs" / "smoke.yaml"
 # A shorter variant of the smoke config keeps CI fast; the resume test uses the smoke config itself.
-FAST = ["protocol.steps_per_phase=2", "world.n_heldout=8", "eval.max_new_tokens=40", "sampling.max_new_tokens=40"]
+FAST = ["world.n_heldout=6", "eval.max_new_tokens=40", "sampling.max_new_tokens=40"]
 
 
 def _train(out: Path, *overrides: str) -> subprocess.Popen:
@@ -42,21 +42,30 @@ def _lines(path: Path) -> list[dict]:
     return [json.loads(x) for x in path.read_text().splitlines()]
 
 
-@pytest.mark.parametrize("algo", ["grpo", "ppo", "rloo"])
-def test_tiny_run_changes_lora_and_writes_run_dir(tmp_path, algo):
+@pytest.mark.parametrize("algo,extra", [("grpo", []), ("ppo", []), ("rloo", []),
+                                        ("grpo", ["safety.enabled=true", "safety.memory_prompts=4",
+                                                  "safety.batch_prompts=2", "protocol.kind=sequential",
+                                                  "protocol.phases=[gen,repair]", "protocol.steps_per_phase=2"])],
+                         ids=["grpo", "ppo", "rloo", "grpo+safety"])
+def test_tiny_run_changes_lora_and_writes_run_dir(tmp_path, algo, extra):
     out = tmp_path / algo
-    _finish(_train(out, *FAST, f"rl.algo={algo}", "protocol.kind=single", "protocol.phases=[gen]",
-                   "protocol.steps_per_phase=3", "rl.entropy_coef=0.001"))
+    single = ["protocol.kind=single", "protocol.phases=[gen]", "protocol.steps_per_phase=3"]
+    _finish(_train(out, *FAST, f"rl.algo={algo}", "rl.entropy_coef=0.001", *(extra or single)))
     for name in ("config.yaml", "metrics.jsonl", "summary.json", "ckpt/state.pt"):
         assert (out / name).exists(), name
     recs = _lines(out / "metrics.jsonl")
     train = [r for r in recs if r["kind"] == "train"]
     evals = [r for r in recs if r["kind"] == "eval"]
-    assert [r["step"] for r in train] == [1, 2, 3]
+    n_steps = 4 if extra else 3
+    assert [r["step"] for r in train] == list(range(1, n_steps + 1))
     assert {r["skill"] for r in evals} == {"gen", "repair", "reason"}
     assert all(0.0 <= r["pass@1"] <= 1.0 for r in evals)
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["skills"] == ["gen", "repair", "reason"] and len(summary["R"]) == 2
+    assert summary["skills"] == ["gen", "repair", "reason"] and len(summary["R"]) == (3 if extra else 2)
+    if extra:  # the second phase protects gen: the projection ran and logged its diagnostics
+        protected = [r for r in train if r["phase"] == 1]
+        assert all(r["safety/num_protected"] == 1.0 for r in protected)
+        assert all("safety/cos/target~gen" in r and "safety/predicted_dJ/gen" in r for r in protected)
     state = torch.load(out / "ckpt" / "state.pt", weights_only=False)
     lora_b = {k: v for k, v in state["adapter"].items() if "lora_B" in k}
     assert lora_b and any(v.abs().sum() > 0 for v in lora_b.values()), "LoRA B never moved from zero"
@@ -64,9 +73,9 @@ def test_tiny_run_changes_lora_and_writes_run_dir(tmp_path, algo):
 
 def test_kill_and_resume_gives_identical_metrics(tmp_path):
     straight = tmp_path / "straight"
-    _finish(_train(straight))
+    _finish(_train(straight, *FAST))
     resumed = tmp_path / "resumed"
-    proc = _train(resumed)
+    proc = _train(resumed, *FAST)
     metrics = resumed / "metrics.jsonl"
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline:  # kill -9 somewhere in the second phase
@@ -76,7 +85,7 @@ def test_kill_and_resume_gives_identical_metrics(tmp_path):
     os.kill(proc.pid, signal.SIGKILL)
     proc.communicate()
     assert not (resumed / "summary.json").exists(), "the run finished before the kill"
-    _finish(_train(resumed))
+    _finish(_train(resumed, *FAST))
     assert _stable(_lines(resumed / "metrics.jsonl")) == _stable(_lines(straight / "metrics.jsonl"))
     a = json.loads((straight / "summary.json").read_text())
     b = json.loads((resumed / "summary.json").read_text())
