@@ -194,16 +194,18 @@ class Worker:
             except Exception:
                 pass
         try:
-            import numpy  # noqa: F401  (programs often use it; pre-importing makes it trusted)
-        except Exception:
-            pass
-        try:
             import ctypes
 
             self._prctl = ctypes.CDLL(None, use_errno=True).prctl
         except Exception:
             self._prctl = None
         signal.signal(signal.SIGTERM, self._on_term)
+        if self._prctl is not None:
+            self._prctl(36, 1, 0, 0, 0)  # PR_SET_CHILD_SUBREAPER: orphans of a job become ours
+        try:  # its import probes frames (refused in a child), so programs get it pre-imported
+            import numpy  # noqa: F401
+        except Exception:
+            pass
         if os.geteuid() == 0 or os.environ.get("RETAINRL_SANDBOX_UNSHARE") == "1":
             self.network_isolated = try_unshare_network()
         from retainrl.verify import harness, transform
@@ -216,7 +218,9 @@ class Worker:
         snaps = harness.snapshot_modules()
         snaps[1] = ("sys.modules", sys.modules, {k: v for k, v in snaps[1][2].items() if k not in hidden})
         self.snaps = snaps
-        self.base_dir = tempfile.mkdtemp(prefix="retainrl-sandbox-")
+        # tmpfs when there is one: creating and removing a job directory there costs microseconds
+        shm = "/dev/shm" if os.access("/dev/shm", os.W_OK) else None
+        self.base_dir = tempfile.mkdtemp(prefix="retainrl-sandbox-", dir=shm)
         import gc
 
         gc.collect()
@@ -303,12 +307,50 @@ class Worker:
             self._kill(pid)
         _, status, rusage = os.wait4(pid, 0)
         self.current_child = None
-        if uid is not None:
-            sweep_uid(uid)
+        if self._descendants_left():  # only when something escaped the job's process group
+            if uid is not None:
+                sweep_uid(uid)
+            self._kill_orphans()
         out = self._interpret(buf, nonce, status, timed_out, n_statements, job)
         out["cpu_s"] = rusage.ru_utime + rusage.ru_stime
         out["wall_s"] = time.monotonic() - t0
         return out
+
+    @staticmethod
+    def _descendants_left() -> bool:
+        """Reap finished orphans; True if any process of a job is still alive. As a subreaper
+        the worker inherits every orphan of its jobs, so none escapes this check."""
+        while True:
+            try:
+                pid, _ = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return False
+            if pid == 0:
+                return True
+
+    @staticmethod
+    def _kill_orphans() -> None:
+        me = str(os.getpid())
+        for _ in range(3):
+            for entry in os.listdir("/proc"):
+                if not entry.isdigit():
+                    continue
+                try:
+                    with open(f"/proc/{entry}/stat") as fh:
+                        ppid = fh.read().rsplit(")", 1)[1].split()[1]
+                except (OSError, IndexError):
+                    continue
+                if ppid == me:
+                    try:
+                        os.kill(int(entry), signal.SIGKILL)
+                    except OSError:
+                        pass
+            try:
+                while os.waitpid(-1, os.WNOHANG)[0]:
+                    pass
+            except ChildProcessError:
+                return
+            time.sleep(0.01)
 
     @staticmethod
     def _kill(pid: int) -> None:
