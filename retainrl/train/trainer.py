@@ -13,6 +13,7 @@ the sample 0 (counted); checkpoints are atomic.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import random
@@ -58,7 +59,8 @@ class Trainer:
             if extra not in self.skills:
                 self.skills.append(extra)
         _seed_all(cfg.seed)
-        self.policy = load_policy(cfg.model)
+        # PPO needs the value head whatever the model section says
+        self.policy = load_policy(dataclasses.replace(cfg.model, value_head=cfg.model.value_head or cfg.rl.algo == "ppo"))
         w = cfg.world
         world = make_world(WorldConfig(seed=w.seed, n_train=w.n_train, n_heldout=w.n_heldout,
                                        difficulty=w.difficulty, skills=tuple(self.skills)))
