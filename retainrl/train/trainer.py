@@ -158,6 +158,8 @@ class Trainer:
     def summary(self) -> dict:
         phases = [p[0] if len(p) == 1 else p for p in self.phases]
         out = summarize(self.skills, phases, self.R, curves=self.curves)
+        gains = [g for g in (out.get("target_gain") or []) if g is not None]
+        out["target_gain_mean"] = sum(gains) / len(gains) if gains else None
         out.update({"tokens_generated": self.counters["tokens"], "verifier_cpu_s": self.counters["verify_cpu_s"],
                     "verifier_errors": self.counters["verifier_errors"],
                     "skipped_steps": self.counters["skipped_steps"], "steps": self.global_step,
