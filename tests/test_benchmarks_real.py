@@ -156,8 +156,10 @@ def _not_passed_cases(tasks: list[Task], verdicts: list[Verdict]) -> dict[tuple[
 def test_quixbugs_correct_programs_pass_every_case_in_time(sandbox, quix_correct):
     tasks, verdicts = quix_correct
     missed = _not_passed_cases(tasks, verdicts)
-    # Every case a correct program misses is a timeout, never a wrong answer or an error.
-    assert {k: f"{c['status']}: {c['details']}" for k, c in missed.items() if c["status"] != "timeout"} == {}
+    # Every case a correct program misses hit a resource limit (the wall clock, or knapsack's
+    # growing table the 512 MB budget), never a wrong answer or an error.
+    assert {k: f"{c['status']}: {c['details']}" for k, c in missed.items()
+            if c["status"] not in ("timeout", "oom")} == {}
     # Retried alone with a long limit, only the two minutes-long upstream cases still fail
     # (levenshtein case 3 takes about 2 s and may or may not hit the per-case limit under load).
     by_name = {t.entry_point: t for t in tasks}
