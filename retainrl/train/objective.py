@@ -183,7 +183,12 @@ def update(trainer, rollout: Rollout) -> dict:
     B = rollout.completion_ids.shape[0]
     rows_per_micro = rl.micro_batch_prompts * group
     mask = rollout.completion_mask.to(policy.device)
-    old_lp, old_values = _forward_no_grad(policy, rollout, ppo, rows_per_micro)
+    # One epoch of GRPO/RLOO is on-policy: the sampling log-probs equal the detached log-probs of
+    # the update's own forward pass (the parameters do not move before opt.step), so the extra
+    # no-grad pass is skipped. PPO needs its values up front for GAE; several epochs need a
+    # fixed reference.
+    on_policy = rl.epochs == 1 and not ppo
+    old_lp, old_values = (None, None) if on_policy else _forward_no_grad(policy, rollout, ppo, rows_per_micro)
     ref_lp = None
     if rl.kl_coef > 0:
         with policy.reference():
@@ -210,7 +215,8 @@ def update(trainer, rollout: Rollout) -> dict:
             if rl.algo == "rloo":
                 pol = reinforce_loss(lp, _rows(adv, idx), m, **agg)
             else:
-                pol = clipped_policy_loss(lp, _rows(old_lp, idx), _rows(adv, idx), m, clip_eps_low=rl.clip_low,
+                old = lp.detach() if on_policy else _rows(old_lp, idx)
+                pol = clipped_policy_loss(lp, old, _rows(adv, idx), m, clip_eps_low=rl.clip_low,
                                           clip_eps_high=rl.clip_high, **agg)
             kl = kl_penalty(lp, _rows(ref_lp, idx), m, **agg) if ref_lp is not None else None
             ent = entropy_bonus(m, logits=logits, **agg) if rl.entropy_coef > 0 else None
