@@ -4,7 +4,6 @@ single process on the same global batch."""
 
 from __future__ import annotations
 
-import os
 import socket
 
 import pytest

@@ -46,7 +46,7 @@ import time
 import weakref
 
 from retainrl.verify.verdict import Verdict
-from retainrl.verify.worker import HEADER, read_message, write_message
+from retainrl.verify.worker import read_message, write_message
 
 _instance_counter = itertools.count()
 _live_sandboxes: "weakref.WeakSet[Sandbox]" = weakref.WeakSet()
