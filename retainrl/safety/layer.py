@@ -23,8 +23,6 @@ Called by train.objective.update in place of `optimizer.step()` once the target 
 
 from __future__ import annotations
 
-import math
-
 import torch
 
 from retainrl.safety.estimates import SkillMemory
@@ -203,6 +201,3 @@ class SafetyLayer:
             for k, v in d.items():
                 setattr(m, k, v)
 
-
-def is_finite_number(x) -> bool:
-    return isinstance(x, float) and math.isfinite(x)
