@@ -168,13 +168,16 @@ def train_tokenizer(texts: list[str], vocab: int):
     trainer = trainers.BpeTrainer(vocab_size=max(vocab, 512), special_tokens=[EOS, PAD], min_frequency=1,
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
     tok.train_from_iterator(texts, trainer)
-    wrapped = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token=EOS, pad_token=PAD, unk_token=EOS,
-                                      clean_up_tokenization_spaces=False, padding_side="left",
-                                      model_max_length=1024)
-    n_bpe = len(wrapped)
-    if vocab > n_bpe:  # never-matched filler tokens: only the model's size changes
-        wrapped.add_tokens([f"<|fill{i}|>" for i in range(vocab - n_bpe)])
-    return wrapped, n_bpe
+    return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token=EOS, pad_token=PAD, unk_token=EOS,
+                                   clean_up_tokenization_spaces=False, padding_side="left", model_max_length=1024)
+
+
+def pad_vocab(tok, vocab: int) -> int:
+    """Add never-matched filler tokens up to `vocab` (only the model's size changes); how many."""
+    n = max(0, vocab - len(tok))
+    if n:
+        tok.add_tokens([f"<|fill{i}|>" for i in range(n)])
+    return n
 
 
 def build_model(model_dir: Path, args) -> dict:
@@ -185,12 +188,15 @@ def build_model(model_dir: Path, args) -> dict:
     world = world_tasks()
     if (BUNDLED_TOKENIZER / "tokenizer.json").is_file() and not args.train_tokenizer:
         tok = AutoTokenizer.from_pretrained(BUNDLED_TOKENIZER)
-        tok.chat_template = None  # plain prompts on both sides
-        source, n_bpe = f"bundled ({BUNDLED_TOKENIZER.relative_to(REPO)})", len(tok)
+        tok.chat_template = None  # plain prompts on both sides (the bundled template only concatenates)
+        source = f"bundled ({BUNDLED_TOKENIZER.relative_to(REPO)})"
     else:
         texts = [t.prompt + t.reference for s in world for split in ("train", "heldout") for t in world[s][split]]
-        tok, n_bpe = train_tokenizer(texts, args.vocab)
-        source = f"BPE trained on {len(texts)} world prompts+references ({n_bpe} tokens) + {len(tok) - n_bpe} fillers"
+        tok = train_tokenizer(texts, args.vocab)
+        source = f"BPE trained on {len(texts)} world prompts+references"
+    n_real = len(tok)
+    n_fill = pad_vocab(tok, args.vocab)
+    source += f", {n_real} tokens" + (f" + {n_fill} never-matched fillers" if n_fill else "")
     config = Qwen2Config(vocab_size=len(tok), hidden_size=args.hidden, intermediate_size=args.intermediate,
                          num_hidden_layers=args.layers, num_attention_heads=args.heads,
                          num_key_value_heads=args.kv_heads, max_position_embeddings=2048,
@@ -210,7 +216,7 @@ def build_model(model_dir: Path, args) -> dict:
     prompt_tokens = {s: statistics.mean(len(x) for x in tok([t.prompt for t in world[s]["train"]],
                                                             add_special_tokens=False).input_ids) for s in world}
     return {"dir": str(model_dir), "params": sum(p.numel() for p in model.parameters()),
-            "vocab": len(tok), "bpe_tokens": n_bpe, "tokenizer": source,
+            "vocab": len(tok), "tokenizer_tokens": n_real, "filler_tokens": n_fill, "tokenizer": source,
             "hidden": args.hidden, "layers": args.layers, "intermediate": args.intermediate, "heads": args.heads,
             "kv_heads": args.kv_heads, "mean_prompt_tokens": {k: round(v, 1) for k, v in prompt_tokens.items()},
             "build_s": round(time.monotonic() - t0, 2)}
@@ -563,7 +569,7 @@ def worker_profile(args) -> dict:
                 add("update: backward", time.perf_counter() - t)
 
     torch.Tensor.backward = backward
-    step_s = []
+    steps = []
     n_steps = args.warmup + args.profile_steps
     with Sandbox(workers=args.workers) as sb:
         trainer.sandbox = sb
@@ -571,172 +577,192 @@ def worker_profile(args) -> dict:
             timed_now["on"] = i >= args.warmup
             if args.quiet_wait > 0:
                 wait_quiet(args.quiet, args.quiet_wait)
+            acc.clear()
+            before = _cpu_now()
             t = time.perf_counter()
             trainer.train_step()
             dt = time.perf_counter() - t
+            bg = background_share(before, _cpu_now())
             if timed_now["on"]:
-                step_s.append(dt)
+                steps.append({"s": dt, "background": bg, "parts": step_parts(dict(acc), dt)})
             print(f"  [profile  ] step {i + 1}/{n_steps} ({'timed' if timed_now['on'] else 'warm-up'}):"
-                  f" {dt:6.2f} s", flush=True)
+                  f" {dt:6.2f} s (others used {100 * (bg or 0):.0f}% of the CPUs)", flush=True)
     torch.Tensor.backward = real_backward
-    n = len(step_s)
-    per_step = {k: v / n for k, v in sorted(acc.items())}
-    total = statistics.mean(step_s)
-    gen_total = per_step.get("rollout: generate() total", 0.0)
-    upd = per_step.get("update() total", 0.0)
-    parts = {
-        "rollout: model.generate (HF sampling loop)": per_step.get("rollout: model.generate (HF sampling loop)", 0.0),
-        "rollout: tokenize/decode/bookkeeping": gen_total - per_step.get("rollout: model.generate (HF sampling loop)", 0.0),
-        "verify_many (sandbox)": per_step.get("verify_many", 0.0),
-        "update: old log-probs (no-grad forward)": per_step.get("update: old log-probs (no-grad forward)", 0.0),
-        "update: forward with grad (+log-probs)": per_step.get("update: forward with grad (+log-probs)", 0.0),
-        "update: backward": per_step.get("update: backward", 0.0),
-        "update: clip_grad_norm_": per_step.get("update: clip_grad_norm_", 0.0),
-        "update: optimizer.step": per_step.get("update: optimizer.step", 0.0),
-    }
-    parts["update: loss math, advantages, rest"] = upd - sum(v for k, v in parts.items() if k.startswith("update:"))
-    parts["train_step: sampling tasks, rewards, metrics"] = total - gen_total - parts["verify_many (sandbox)"] - upd
-    breakdown = {k: {"s": round(v, 4), "share": round(v / total, 4)} for k, v in parts.items()}
-    print("  profile (mean per timed step):", flush=True)
+    quiet = [st for st in steps if is_quiet(st, args.quiet)]
+    used = quiet or [min(steps, key=lambda st: st["s"])]
+    total = statistics.mean(st["s"] for st in used)
+    breakdown = {k: {"s": round(statistics.mean(st["parts"][k] for st in used), 4),
+                     "share": round(statistics.mean(st["parts"][k] for st in used) / total, 4)}
+                 for k in used[0]["parts"]}
+    basis = f"mean of {len(quiet)} quiet steps" if quiet else "the fastest step (no quiet step)"
+    print(f"  profile ({basis}, {total:.2f} s):", flush=True)
     for k, v in breakdown.items():
         print(f"    {k:48s} {v['s']:7.3f} s  {100 * v['share']:5.1f} %", flush=True)
 
     experiments = profile_alternatives(policy, last["rollout"], args, token_logprobs)
-    return {"contender": "profile", "step_s_mean": total, "step_s": step_s, "breakdown": breakdown,
+    return {"contender": "profile", "basis": basis, "step_s_mean": total, "steps": steps, "breakdown": breakdown,
             "alternatives": experiments}
 
 
-def _best_of(fn, reps: int, args=None) -> float:
-    times = []
+def step_parts(acc: dict, total: float) -> dict:
+    """One profiled step's wrapper timings as disjoint parts (seconds)."""
+    gen_total = acc.get("rollout: generate() total", 0.0)
+    hf = acc.get("rollout: model.generate (HF sampling loop)", 0.0)
+    upd = acc.get("update() total", 0.0)
+    parts = {"rollout: model.generate (HF sampling loop)": hf,
+             "rollout: tokenize/decode/bookkeeping": gen_total - hf,
+             "verify_many (sandbox)": acc.get("verify_many", 0.0)}
+    for k in ("update: old log-probs (no-grad forward)", "update: forward with grad (+log-probs)", "update: backward",
+              "update: clip_grad_norm_", "update: optimizer.step"):
+        parts[k] = acc.get(k, 0.0)
+    parts["update: loss math, advantages, rest"] = upd - sum(v for k, v in parts.items() if k.startswith("update:"))
+    parts["train_step: sampling tasks, rewards, metrics"] = total - gen_total - parts["verify_many (sandbox)"] - upd
+    return parts
+
+
+def best_of_interleaved(variants: dict, reps: int, args) -> dict[str, float]:
+    """Fastest of `reps` runs of every variant, interleaved (v1, v2, ..., v1, v2, ...), each run
+    after a quiet second when --quiet-wait allows: contention only ever adds time."""
+    times: dict[str, list[float]] = {k: [] for k in variants}
     for _ in range(reps):
-        if args is not None and args.quiet_wait > 0:
-            wait_quiet(args.quiet, args.quiet_wait)
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return min(times)
+        for k, fn in variants.items():
+            if args.quiet_wait > 0:
+                wait_quiet(args.quiet, args.quiet_wait)
+            t = time.perf_counter()
+            fn()
+            times[k].append(time.perf_counter() - t)
+    return {k: round(min(v), 4) for k, v in times.items()}
 
 
 def profile_alternatives(policy, rollout, args, token_logprobs) -> dict:
-    """Alternatives measured on the last rollout of the profile run (best of `reps`)."""
+    """Alternatives to parts of the step, measured on the profile run's last rollout (same
+    shapes as every step). None of them is what retainrl does today except the *_now entries."""
     import torch
+    from transformers import DynamicCache
 
     from retainrl.policy.rollout import completion_logprobs
 
     reps = max(2, args.profile_reps)
-    model = policy.model
+    model, tok = policy.model, policy.tokenizer
     ids, mask = rollout.full()
-    P, T = rollout.prompt_ids.shape[1], rollout.completion_ids.shape[1]
+    P, T, G = rollout.prompt_ids.shape[1], rollout.completion_ids.shape[1], rollout.group_size
     pos = (mask.long().cumsum(-1) - 1).clamp(min=0)
-    out: dict[str, dict] = {"shapes": {"rows": int(ids.shape[0]), "prompt_tokens_padded": P, "completion_tokens": T}}
+    out: dict = {"shapes": {"rows": int(ids.shape[0]), "prompt_tokens_padded": P, "completion_tokens": T}}
 
-    def lp_full():
-        lp, _, _ = completion_logprobs(policy, rollout)
-        return lp
+    # --- update: the old-log-prob pass and the forward/backward with and without prompt logits
+    def lp_full():  # what objective.update runs (completion_logprobs: logits at every position)
+        return completion_logprobs(policy, rollout)[0]
 
-    def lp_keep():  # LM head only on the positions that predict completion tokens
+    def lp_keep():  # LM head only at the T positions that predict completion tokens
         logits = model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=False,
                        logits_to_keep=T + 1).logits
         return token_logprobs(logits[:, :-1], ids[:, P:])
 
-    model.eval()
-    with torch.no_grad():
-        a, b = lp_full(), lp_keep()
-        out["logits_to_keep_max_abs_diff"] = float((a - b).abs().max())
-        nograd_full = _best_of(lp_full, reps, args)
-        nograd_keep = _best_of(lp_keep, reps, args)
-    model.train()
-
-    def fb(fn):
+    def no_grad(fn):
         def run():
-            fn().mean().backward()
-            model.zero_grad(set_to_none=True)
+            model.eval()
+            with torch.no_grad():
+                fn()
         return run
 
-    grad_full = _best_of(fb(lp_full), reps, args)
-    grad_keep = _best_of(fb(lp_keep), reps, args)
-    model.eval()
-    out["old_logprob_pass"] = {"no_grad_full_s": round(nograd_full, 4), "no_grad_logits_to_keep_s": round(nograd_keep, 4),
-                               "note": "skipping it when epochs == 1 (old = lp.detach(), as TRL does) saves the whole pass"}
-    out["train_forward_backward"] = {"full_logits_s": round(grad_full, 4), "logits_to_keep_s": round(grad_keep, 4)}
+    def fwd_bwd(fn):
+        def run():
+            model.train()
+            fn().mean().backward()
+            model.zero_grad(set_to_none=True)
+            model.eval()
+        return run
 
-    # generation: as rollout.generate calls it, merged LoRA, and a plain decode loop
+    with torch.no_grad():
+        out["logits_to_keep_max_abs_diff"] = float((lp_full() - lp_keep()).abs().max())
+    out["update"] = best_of_interleaved({
+        "old_logprob_pass_now": no_grad(lp_full), "old_logprob_pass_logits_to_keep": no_grad(lp_keep),
+        "forward_backward_now": fwd_bwd(lp_full), "forward_backward_logits_to_keep": fwd_bwd(lp_keep)}, reps, args)
+
+    # --- rollout: HF generate as rollout.generate calls it, and plain decode loops
     prompt_ids, prompt_mask = rollout.prompt_ids, rollout.prompt_mask
-    tok = policy.tokenizer
+    eos = tok.eos_token_id
     kw = dict(max_new_tokens=T, min_new_tokens=T, do_sample=True, temperature=1.0, top_p=1.0, top_k=0,
-              pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)
+              pad_token_id=tok.pad_token_id, eos_token_id=eos)
 
     def hf_generate():
         with torch.no_grad():
             return model.generate(input_ids=prompt_ids, attention_mask=prompt_mask, **kw)
 
-    gen_plain = _best_of(hf_generate, reps, args)
-    model.merge_adapter()
-    try:
-        gen_merged = _best_of(hf_generate, reps, args)
-    finally:
-        model.unmerge_adapter()
-    t = time.perf_counter()
-    model.merge_adapter()
-    model.unmerge_adapter()
-    merge_cost = time.perf_counter() - t
+    def merged(fn):
+        def run():
+            model.merge_adapter()
+            try:
+                return fn()
+            finally:
+                model.unmerge_adapter()
+        return run
 
-    eos = tok.eos_token_id
+    def sample_multinomial(logits):  # what HF's sampling does (exponential race over the whole vocab)
+        return torch.multinomial(torch.softmax(logits, -1), 1)
 
-    def manual_loop(merged: bool):
-        from transformers import DynamicCache
+    def sample_cdf(logits):  # inverse CDF: one uniform per row instead of one exponential per vocab entry
+        c = torch.softmax(logits, -1).cumsum(-1)
+        return torch.searchsorted(c, torch.rand(c.shape[0], 1) * c[:, -1:]).clamp_(max=c.shape[1] - 1)
 
+    def decode_loop(sample, dedup: bool):
+        """Prefill (once per distinct prompt with dedup), then T steps with a DynamicCache."""
         def run():
             with torch.no_grad():
                 cache = DynamicCache()
-                am = prompt_mask.clone()
-                p = (am.cumsum(-1) - 1).clamp(min=0)
-                logits = model(input_ids=prompt_ids, attention_mask=am, position_ids=p, past_key_values=cache,
+                pi, pm = (prompt_ids[::G], prompt_mask[::G]) if dedup else (prompt_ids, prompt_mask)
+                p = (pm.cumsum(-1) - 1).clamp(min=0)
+                logits = model(input_ids=pi, attention_mask=pm, position_ids=p, past_key_values=cache,
                                use_cache=True, logits_to_keep=1).logits[:, -1]
+                am, p = prompt_mask, (prompt_mask.cumsum(-1) - 1).clamp(min=0)[:, -1:]
+                if dedup:
+                    cache.batch_repeat_interleave(G)
+                    logits = logits.repeat_interleave(G, 0)
                 toks = []
                 for step in range(T):
                     logits[:, eos] = float("-inf")  # min_new_tokens == T: EOS never allowed
-                    nxt = torch.multinomial(torch.softmax(logits, -1), 1)
+                    nxt = sample(logits)
                     toks.append(nxt)
                     if step == T - 1:
                         break
                     am = torch.cat([am, am.new_ones(am.shape[0], 1)], 1)
-                    p = p[:, -1:] + 1
+                    p = p + 1
                     logits = model(input_ids=nxt, attention_mask=am, position_ids=p, past_key_values=cache,
                                    use_cache=True).logits[:, -1]
                 return torch.cat(toks, 1)
-        if not merged:
-            return run
+        return run
 
-        def run_merged():
-            model.merge_adapter()
-            try:
-                return run()
-            finally:
-                model.unmerge_adapter()
-        return run_merged
+    t = time.perf_counter()
+    model.merge_adapter()
+    model.unmerge_adapter()
+    out["merge_plus_unmerge_s"] = round(time.perf_counter() - t, 4)
+    out["generate"] = best_of_interleaved({
+        "hf_generate_now": hf_generate,
+        "hf_generate_merged_lora": merged(hf_generate),
+        "loop_multinomial": decode_loop(sample_multinomial, False),
+        "loop_cdf_sampling": decode_loop(sample_cdf, False),
+        "loop_cdf_sampling_dedup_prefill": decode_loop(sample_cdf, True),
+        "loop_cdf_sampling_dedup_prefill_merged_lora": merged(decode_loop(sample_cdf, True)),
+    }, reps, args)
+    b = torch.softmax(torch.randn(ids.shape[0], len(tok)), -1)
+    out["sampling_ms_per_token_step"] = best_of_interleaved({
+        "multinomial": lambda: [torch.multinomial(b, 1) for _ in range(10)],
+        "inverse_cdf": lambda: [torch.searchsorted(b.cumsum(-1), torch.rand(b.shape[0], 1)) for _ in range(10)],
+    }, reps, args)
+    out["sampling_ms_per_token_step"] = {k: round(v * 100, 3) for k, v in out["sampling_ms_per_token_step"].items()}
 
-    loop_plain = _best_of(manual_loop(False), reps, args)
-    loop_merged = _best_of(manual_loop(True), reps, args)
-    out["generate"] = {"hf_generate_s": round(gen_plain, 4), "hf_generate_merged_lora_s": round(gen_merged, 4),
-                       "merge_plus_unmerge_s": round(merge_cost, 4), "plain_decode_loop_s": round(loop_plain, 4),
-                       "plain_decode_loop_merged_lora_s": round(loop_merged, 4)}
-
-    # where the time goes inside the no-grad forward (op level, one pass)
+    # --- op-level view of one HF generate call
     from torch.profiler import ProfilerActivity, profile
 
-    with torch.no_grad(), profile(activities=[ProfilerActivity.CPU]) as prof:
-        lp_full()
-    out["no_grad_forward_top_ops"] = [
-        {"op": e.key, "self_cpu_ms": round(e.self_cpu_time_total / 1000, 2), "calls": e.count}
-        for e in sorted(prof.key_averages(), key=lambda e: -e.self_cpu_time_total)[:8]]
+    if args.quiet_wait > 0:
+        wait_quiet(args.quiet, args.quiet_wait)
     with profile(activities=[ProfilerActivity.CPU]) as prof:
         hf_generate()
     out["generate_top_ops"] = [
         {"op": e.key, "self_cpu_ms": round(e.self_cpu_time_total / 1000, 2), "calls": e.count}
-        for e in sorted(prof.key_averages(), key=lambda e: -e.self_cpu_time_total)[:12]]
-    print("  alternatives (best of %d): %s" % (reps, json.dumps({k: v for k, v in out.items()
-                                                                 if not k.endswith("top_ops")})), flush=True)
+        for e in sorted(prof.key_averages(), key=lambda e: -e.self_cpu_time_total)[:10]]
+    print("  alternatives (best of %d, interleaved): %s" % (
+        reps, json.dumps({k: v for k, v in out.items() if not k.endswith("top_ops")})), flush=True)
     return out
 
 
@@ -881,7 +907,7 @@ def main(argv=None) -> int:
     ap.add_argument("--warmup", type=int, default=1, help="untimed steps before them (default 1)")
     ap.add_argument("--quick", action="store_true", help="smoke run: 1 round, 1 warm-up + 2 timed steps, 2 prompts")
     ap.add_argument("--profile", action="store_true", help="also profile the retainrl step (one more subprocess)")
-    ap.add_argument("--profile-steps", type=int, default=3, help="timed steps of the --profile run (default 3)")
+    ap.add_argument("--profile-steps", type=int, default=4, help="timed steps of the --profile run (default 4)")
     ap.add_argument("--profile-reps", type=int, default=3, help="repetitions per alternative in --profile (best of)")
     ap.add_argument("--quiet", type=float, default=0.10,
                     help="a step is 'quiet' if other processes used less than this share of the machine's CPU "
@@ -896,7 +922,9 @@ def main(argv=None) -> int:
     ap.add_argument("--completion-len", type=int, default=64, help="tokens per completion, forced (default 64)")
     ap.add_argument("--lr", type=float, default=2e-3, help="AdamW learning rate, both (default 2e-3, retainrl's)")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--vocab", type=int, default=6656, help="vocabulary of the built model (fillers pad the BPE)")
+    ap.add_argument("--vocab", type=int, default=6656,
+                    help="vocabulary of the built model: the tokenizer is padded with never-matched filler tokens "
+                         "up to this size (default 6656: the 4.6M-parameter model; 0: the tokenizer's own size)")
     ap.add_argument("--hidden", type=int, default=256)
     ap.add_argument("--layers", type=int, default=4)
     ap.add_argument("--intermediate", type=int, default=688)
@@ -972,7 +1000,7 @@ def main(argv=None) -> int:
         paired, paired_q = paired_ratios(runs), paired_ratios(runs, args.quiet)
     print_table(summary, ratio, paired, paired_q, args.quiet, model, vers, args.mode)
     if profile:
-        print(f"\nretainrl step profile (mean of {len(profile['step_s'])} timed steps, {profile['step_s_mean']:.2f} s):")
+        print(f"\nretainrl step profile ({profile['basis']}, {profile['step_s_mean']:.2f} s):")
         for k, v in profile["breakdown"].items():
             print(f"  {k:48s} {v['s']:7.3f} s  {100 * v['share']:5.1f} %")
     for p in problems:
