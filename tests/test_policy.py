@@ -68,3 +68,18 @@ def test_token_logprobs_hand_computed():
     logits = torch.log(torch.tensor([[[0.5, 0.25, 0.25], [0.1, 0.1, 0.8]]]))
     lp = token_logprobs(logits, torch.tensor([[0, 2]]))
     assert torch.allclose(lp, torch.log(torch.tensor([[0.5, 0.8]])))
+
+
+def test_decode_loop_greedy_equals_hf_generate_on_the_bundled_model():
+    from retainrl.data.world import WorldConfig, make_world
+
+    policy = load_policy(ModelConfig())
+    world = make_world(WorldConfig(n_train=0, n_heldout=6))
+    prompts = [t.prompt for s in world for t in world[s]["heldout"]]
+    hf = generate(policy, prompts, 1, SamplingConfig(max_new_tokens=48, backend="hf"), greedy=True)
+    loop = generate(policy, prompts, 1, SamplingConfig(max_new_tokens=48, backend="loop"), greedy=True)
+    assert hf.texts == loop.texts
+    assert torch.equal(hf.completion_mask.sum(-1), loop.completion_mask.sum(-1))
+    sampled = generate(policy, prompts[:2], 4, SamplingConfig(max_new_tokens=16, backend="loop", top_p=0.9), seed=3)
+    again = generate(policy, prompts[:2], 4, SamplingConfig(max_new_tokens=16, backend="loop", top_p=0.9), seed=3)
+    assert torch.equal(sampled.completion_ids, again.completion_ids)
