@@ -194,6 +194,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.set_defaults(func=cmd_train)
 
     sub.add_parser("sweep", help="seeds x grid of train runs with an aggregate table (retainrl sweep --help)")
+    sub.add_parser("analyze", help="interference matrices: gradient cosines and empirical transfer (retainrl analyze --help)")
     sub.add_parser("report", help="report.html, summary.md, tables.tex and figures (retainrl report --help)")
 
     d = sub.add_parser("verify-demo", help="verify real benchmark references, broken and hostile completions")
@@ -220,6 +221,10 @@ def main(argv: list[str] | None = None) -> int:
         from retainrl.train.sweep import main as sweep_main
 
         return sweep_main(argv[1:])
+    if argv and argv[0] == "analyze":
+        from retainrl.analysis import main as analyze_main
+
+        return analyze_main(argv[1:])
     if argv and argv[0] == "report":
         from retainrl.report import main as report_main
 
