@@ -2,8 +2,9 @@
 """RL step throughput: generated tokens per second of one full GRPO step, retainrl vs TRL's GRPOTrainer.
 
     .venv/bin/python benchmarks/rl_step_throughput.py              # 3 rounds x (1 warm-up + 3 timed steps) each
+    .venv/bin/python benchmarks/rl_step_throughput.py --mode lockstep   # one process, step-by-step alternation
     .venv/bin/python benchmarks/rl_step_throughput.py --profile    # ... plus a breakdown of the retainrl step
-    .venv/bin/python benchmarks/rl_step_throughput.py --quick      # smoke run: 1 round x (1 + 1) steps, 2 prompts
+    .venv/bin/python benchmarks/rl_step_throughput.py --quick      # smoke run: 1 round x (1 warm-up + 2 timed) steps, 2 prompts
 
 One step = rollout (8 prompts x 8 completions = 64, exactly 64 new tokens each) -> reward from
 the world's verifier (retainrl.verify.checks.verify_many in a Sandbox(workers=2)) -> GRPO loss ->
@@ -38,20 +39,38 @@ Contenders:
              column; per_device_train_batch_size=64, num_generations=8, steps_per_generation=1,
              gradient_accumulation_steps=1 (one optimizer step = 8 prompts x 8), no vLLM,
              report_to none, logging and saving off. gradient_checkpointing=False (TRL's default is
-             True; off is faster for TRL and matches retainrl). A step is timed by a
-             TrainerCallback from one on_step_end to the next (the first from on_step_begin).
+             True; off is faster for TRL and matches retainrl). trainer.train() runs in a thread
+             that a TrainerCallback parks between optimizer steps; a step is timed from its
+             release to the next on_step_end, so it holds everything TRL's loop does per step
+             (data loader, generate, reward, loss, backward, optimizer, callbacks). TRL 1.16
+             skips the old-log-prob pass when num_iterations == 1 and computes log-probs with
+             its fused, tiled LM head at completion positions only (plus token entropies).
 
-Protocol: every contender runs in its own fresh subprocess per round, alternating
-(retainrl, trl, retainrl, trl, ...); in each, --warmup steps (untimed) then --steps timed steps.
-Start-up (imports, world, model load, sandbox start) is excluded. Reported: median step time and
-tokens/s over all timed steps of all rounds, per-round medians, and the ratio retainrl/TRL of the
-medians (tokens/s). The machine may be shared: the load average is recorded.
+Protocol (--mode):
+  subprocess (default)  every contender runs in its own fresh process per round, alternating
+             (retainrl, trl, retainrl, trl, ...; 3 rounds); in each, --warmup untimed steps then
+             --steps timed steps (default 1 + 3). Each trainer runs alone in its process, as in
+             real use. Start-up (imports, world, model load, sandbox start) is not timed.
+  lockstep   both contenders in ONE process (one shared Sandbox), alternating step by step; TRL's
+             train() runs in a thread parked by a callback between steps, so only one contender
+             runs at a time (default 1 + 8 steps). Both see the same background load, but
+             interleaving TRL's steps slows retainrl's steps in that process by ~1 s (4.1 -> 5.2 s
+             measured; not GC, not thread counts), so the subprocess mode is the reference.
 
---profile adds one more retainrl subprocess that times the parts of the step (generate and its
-model.generate, verify, the no-grad old-log-prob pass, the forward with grad, backward, clipping,
-optimizer step) with thin wrappers, and measures a few alternatives on the same rollout (skip the
-old-log-prob pass, logits only for completion positions, merged LoRA for generation, a plain
-decode loop instead of `generate`) to put numbers on possible speed-ups.
+The machine may be shared. Before every step the script waits (up to --quiet-wait s) for a
+second in which other processes use < --quiet of the CPU, and records per step the share of the
+machine's CPU that other processes used during it (from /proc/stat); "quiet" steps are those
+under --quiet. Reported: median step time and tokens/s over all timed steps (and over the quiet
+ones), the fastest step, and the ratio retainrl/TRL (of the medians, and the median of ratios of
+steps adjacent in time).
+
+--profile adds one more retainrl process that times the parts of the step (model.generate, the
+rest of the rollout, verify, the no-grad old-log-prob pass, the forward with grad, backward,
+clipping, optimizer step) with thin wrappers (mean over quiet steps), and then measures
+alternatives on the last rollout, best of --profile-reps interleaved runs: the update without the
+old-log-prob pass and with logits only at completion positions; HF generate with the LoRA merged;
+plain decode loops with multinomial vs inverse-CDF sampling, prefill once per distinct prompt,
+merged LoRA; and the op-level profile of one generate call.
 
 Output: a table on stdout (progress per step as it goes) and benchmarks/results/rl_step_throughput.json
 (overwritten each run).
@@ -61,6 +80,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import platform
 import shutil
@@ -94,7 +114,7 @@ def loadavg() -> list[float] | None:
 
 
 def versions() -> dict:
-    out = {"python": platform.python_version()}
+    out = {"python": platform.python_version(), "retainrl": git_head()}
     for name in ("torch", "transformers", "peft", "trl", "accelerate", "datasets", "tokenizers"):
         try:
             mod = __import__(name)
@@ -102,6 +122,17 @@ def versions() -> dict:
         except Exception as e:  # noqa: BLE001 - reported, not fatal
             out[name] = f"unavailable ({type(e).__name__}: {e})"[:200]
     return out
+
+
+def git_head() -> str | None:
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True,
+                              timeout=10, check=False).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--", "retainrl"], cwd=REPO, capture_output=True,
+                               text=True, timeout=10, check=False).stdout.strip()
+        return head + ("+dirty retainrl/" if dirty else "") if head else None
+    except (OSError, subprocess.SubprocessError):
+        return None
 
 
 def median(xs):
@@ -226,21 +257,53 @@ def build_model(model_dir: Path, args) -> dict:
 # the same prompts on both sides
 # ----------------------------------------------------------------------------------------
 def run_config(args):
+    import dataclasses
+
     from retainrl.policy.model import ModelConfig
     from retainrl.policy.rollout import SamplingConfig
     from retainrl.train.config import ProtocolConfig, RLConfig, RunConfig, WorldDataConfig
 
+    extra = {}
+    if args.retainrl_backend:
+        if "backend" not in {f.name for f in dataclasses.fields(SamplingConfig)}:
+            raise SystemExit("--retainrl-backend: this retainrl's SamplingConfig has no `backend` field")
+        extra["backend"] = args.retainrl_backend
     return RunConfig(
         name="rl_step_throughput", seed=args.seed,
         model=ModelConfig(name_or_path=args.model_dir, lora_r=8, lora_alpha=16, lora_dropout=0.0,
                           target_modules="all-linear", dtype="float32", device="cpu", threads=args.threads),
-        sampling=SamplingConfig(temperature=1.0, top_p=1.0, max_new_tokens=args.completion_len),
+        sampling=SamplingConfig(temperature=1.0, top_p=1.0, max_new_tokens=args.completion_len, **extra),
         rl=RLConfig(algo="grpo", lr=args.lr, weight_decay=0.0, optimizer="adamw", prompts_per_step=args.prompts,
                     samples_per_prompt=args.group, micro_batch_prompts=args.prompts, epochs=1, clip_low=0.2,
                     clip_high=0.2, aggregation="token_mean", kl_coef=0.0, entropy_coef=0.0, max_grad_norm=1.0,
                     reward="binary", scale_by_std=True),
         protocol=ProtocolConfig(kind="mixed", phases=list(SKILLS), steps_per_phase=args.warmup + args.steps),
         world=WorldDataConfig(**WORLD), sandbox_workers=args.workers, tensorboard=False, progress=False)
+
+
+def force_full_length(trainer, completion_len: int, real_generate):
+    """Every completion exactly completion_len tokens on the retainrl side. transformers' generate
+    reads min_new_tokens from the model's generation_config (its MinNewTokens processor, as TRL's
+    generation_kwargs do); any other sampling backend (SamplingConfig.backend != "hf") gets EOS
+    masked out of the LM head's output during the rollout only (one indexing op per decode step;
+    the update's forward is untouched). Returns the generate to install in the trainer module."""
+    policy = trainer.policy
+    policy.model.generation_config.min_new_tokens = completion_len
+    if getattr(trainer.cfg.sampling, "backend", "hf") == "hf":
+        return real_generate
+    head, eos = policy.model.get_output_embeddings(), policy.tokenizer.eos_token_id
+
+    def no_eos(module, inputs, output):
+        output[..., eos] = float("-inf")
+        return output
+
+    def generate(*a, **k):
+        hook = head.register_forward_hook(no_eos)
+        try:
+            return real_generate(*a, **k)
+        finally:
+            hook.remove()
+    return generate
 
 
 def task_schedule(train_tasks: dict, args) -> list[list]:
@@ -269,11 +332,10 @@ class RetainrlContender:
         self.args, self.torch, self.i = args, torch, 0
         self.out_dir = tempfile.mkdtemp(prefix="rl_step_retainrl_")
         self.trainer = Trainer(run_config(args), self.out_dir)
-        # every completion exactly completion_len tokens: EOS suppressed until then (HF MinNewTokens)
-        self.trainer.policy.model.generation_config.min_new_tokens = args.completion_len
         self.trainer.sandbox = sandbox
         self.seen: dict = {}
-        real_generate, real_sample = trainer_mod.generate, self.trainer.sampler.sample
+        real_generate = force_full_length(self.trainer, args.completion_len, trainer_mod.generate)
+        real_sample = self.trainer.sampler.sample
 
         def generate(*a, **k):  # pass-through that keeps the rollout, to count its tokens
             self.seen["rollout"] = real_generate(*a, **k)
@@ -509,15 +571,15 @@ def worker_profile(args) -> dict:
     import torch
 
     torch.set_num_threads(args.threads)
-    import retainrl.train.objective as objective
+    import retainrl.policy.rollout as rollout_mod
     import retainrl.train.trainer as trainer_mod
     from retainrl.policy.model import token_logprobs
+    from retainrl.train import objective
     from retainrl.train.trainer import Trainer
     from retainrl.verify import Sandbox
 
     trainer = Trainer(run_config(args), tempfile.mkdtemp(prefix="rl_step_profile_"))
     policy = trainer.policy
-    policy.model.generation_config.min_new_tokens = args.completion_len
     acc: dict[str, float] = {}
     timed_now = {"on": False}
     depth = {"backward": 0}
@@ -538,7 +600,7 @@ def worker_profile(args) -> dict:
         return inner
 
     last = {}
-    real_generate = trainer_mod.generate
+    real_generate = force_full_length(trainer, args.completion_len, trainer_mod.generate)
 
     def generate(*a, **k):
         t = time.perf_counter()
@@ -549,7 +611,9 @@ def worker_profile(args) -> dict:
 
     trainer_mod.generate = generate
     trainer_mod.verify_many = wrap("verify_many", trainer_mod.verify_many)
-    policy.model.generate = wrap("rollout: model.generate (HF sampling loop)", policy.model.generate)
+    policy.model.generate = wrap(SAMPLING_LOOP, policy.model.generate)
+    if hasattr(rollout_mod, "decode_loop"):
+        rollout_mod.decode_loop = wrap(SAMPLING_LOOP, rollout_mod.decode_loop)
     objective._forward_no_grad = wrap("update: old log-probs (no-grad forward)", objective._forward_no_grad)
     objective.completion_logprobs = wrap("update: forward with grad (+log-probs)", objective.completion_logprobs,
                                          when=torch.is_grad_enabled)
@@ -604,12 +668,15 @@ def worker_profile(args) -> dict:
             "alternatives": experiments}
 
 
+SAMPLING_LOOP = "rollout: sampling loop (generate / decode_loop)"
+
+
 def step_parts(acc: dict, total: float) -> dict:
     """One profiled step's wrapper timings as disjoint parts (seconds)."""
     gen_total = acc.get("rollout: generate() total", 0.0)
-    hf = acc.get("rollout: model.generate (HF sampling loop)", 0.0)
+    hf = acc.get(SAMPLING_LOOP, 0.0)
     upd = acc.get("update() total", 0.0)
-    parts = {"rollout: model.generate (HF sampling loop)": hf,
+    parts = {SAMPLING_LOOP: hf,
              "rollout: tokenize/decode/bookkeeping": gen_total - hf,
              "verify_many (sandbox)": acc.get("verify_many", 0.0)}
     for k in ("update: old log-probs (no-grad forward)", "update: forward with grad (+log-probs)", "update: backward",
@@ -761,8 +828,8 @@ def profile_alternatives(policy, rollout, args, token_logprobs) -> dict:
     out["generate_top_ops"] = [
         {"op": e.key, "self_cpu_ms": round(e.self_cpu_time_total / 1000, 2), "calls": e.count}
         for e in sorted(prof.key_averages(), key=lambda e: -e.self_cpu_time_total)[:10]]
-    print("  alternatives (best of %d, interleaved): %s" % (
-        reps, json.dumps({k: v for k, v in out.items() if not k.endswith("top_ops")})), flush=True)
+    shown = json.dumps({k: v for k, v in out.items() if not k.endswith("top_ops")})
+    print(f"  alternatives (best of {reps}, interleaved): {shown}", flush=True)
     return out
 
 
@@ -791,7 +858,9 @@ def run_worker(args, worker: str, rnd: int, tmp: Path) -> list[dict] | dict:
     for k in ("threads", "workers", "prompts", "group", "completion_len", "warmup", "steps", "lr", "seed",
               "profile_steps", "profile_reps", "quiet", "quiet_wait"):
         cmd += [f"--{k.replace('_', '-')}", str(getattr(args, k))]
-    proc = subprocess.run(cmd, env=dict(os.environ), cwd=REPO)
+    if args.retainrl_backend:
+        cmd += ["--retainrl-backend", args.retainrl_backend]
+    proc = subprocess.run(cmd, env=dict(os.environ), cwd=REPO, check=False)
     if proc.returncode != 0 or not result.is_file():
         raise RuntimeError(f"{worker} worker (round {rnd + 1}) failed with exit code {proc.returncode}")
     return json.loads(result.read_text())
@@ -879,8 +948,8 @@ def print_table(summary: dict, ratio: float, paired: list[float], paired_q: list
         print(f"model: Qwen2 {model['params'] / 1e6:.2f}M params (vocab {model['vocab']}, hidden {model['hidden']}, "
               f"{model['layers']} layers), LoRA r=8 "
               f"({next(iter(summary.values()), {}).get('trainable_params')} trainable), fp32 CPU")
-    print(f"versions: torch {vers['torch']}, transformers {vers['transformers']}, peft {vers['peft']}, "
-          f"trl {vers['trl']}; mode {mode}")
+    print(f"versions: retainrl {vers['retainrl']}, torch {vers['torch']}, transformers {vers['transformers']}, "
+          f"peft {vers['peft']}, trl {vers['trl']}; mode {mode}")
     hdr = (f"{'contender':10s} {'steps':>5s} {'median s':>9s} {'min s':>7s} {'max s':>7s} {'tok/step':>8s} "
            f"{'tok/s':>7s} {'best tok/s':>10s} | {'quiet':>5s} {'median s':>9s} {'tok/s':>7s}")
     print(hdr)
@@ -890,7 +959,7 @@ def print_table(summary: dict, ratio: float, paired: list[float], paired_q: list
               f"{s['tokens_per_step']:8.0f} {s['median_tokens_per_s']:7.0f} {s['max_tokens_per_s']:10.0f} | "
               f"{s['quiet_steps']:5d} {s['quiet_median_step_s']:9.3f} {s['quiet_median_tokens_per_s']:7.0f}")
     print(f"(quiet: steps during which other processes used < {100 * quiet:.0f}% of the machine's CPU)")
-    if ratio == ratio:
+    if not math.isnan(ratio):
         print(f"ratio retainrl/TRL (tokens/s): {ratio:.2f}x of the medians; step-paired: median {median(paired):.2f}x "
               f"(n={len(paired)}, range {min(paired):.2f}..{max(paired):.2f})"
               + (f"; quiet pairs only: median {median(paired_q):.2f}x (n={len(paired_q)})" if paired_q else ""))
@@ -898,9 +967,9 @@ def print_table(summary: dict, ratio: float, paired: list[float], paired_q: list
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--mode", choices=("lockstep", "subprocess"), default="lockstep",
-                    help="lockstep: both contenders in this process, alternating step by step (default); "
-                         "subprocess: a fresh process per contender per round, alternating")
+    ap.add_argument("--mode", choices=("subprocess", "lockstep"), default="subprocess",
+                    help="subprocess: a fresh process per contender per round, alternating (default); "
+                         "lockstep: both contenders in this process, alternating step by step")
     ap.add_argument("--rounds", type=int, default=None, help="rounds (lockstep default 1, subprocess default 3)")
     ap.add_argument("--steps", type=int, default=None, help="timed steps per contender per round "
                                                              "(lockstep default 8, subprocess default 3)")
@@ -920,6 +989,8 @@ def main(argv=None) -> int:
     ap.add_argument("--prompts", type=int, default=8, help="prompts per step (default 8)")
     ap.add_argument("--group", type=int, default=8, help="completions per prompt (default 8)")
     ap.add_argument("--completion-len", type=int, default=64, help="tokens per completion, forced (default 64)")
+    ap.add_argument("--retainrl-backend", default=None,
+                    help="retainrl's SamplingConfig.backend (hf | loop; default: the config's own default)")
     ap.add_argument("--lr", type=float, default=2e-3, help="AdamW learning rate, both (default 2e-3, retainrl's)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--vocab", type=int, default=6656,
@@ -998,7 +1069,8 @@ def main(argv=None) -> int:
     if "retainrl" in summary and "trl" in summary:
         ratio = summary["retainrl"]["median_tokens_per_s"] / summary["trl"]["median_tokens_per_s"]
         paired, paired_q = paired_ratios(runs), paired_ratios(runs, args.quiet)
-    print_table(summary, ratio, paired, paired_q, args.quiet, model, vers, args.mode)
+    print_table(summary, ratio, paired, paired_q, args.quiet, model, vers,
+                f"{args.mode}, retainrl sampling backend {args.retainrl_backend or 'default'}")
     if profile:
         print(f"\nretainrl step profile ({profile['basis']}, {profile['step_s_mean']:.2f} s):")
         for k, v in profile["breakdown"].items():
@@ -1012,6 +1084,7 @@ def main(argv=None) -> int:
         "versions": vers, "model": model,
         "setup": {"prompts": args.prompts, "group": args.group, "completion_len": args.completion_len,
                   "threads": args.threads, "sandbox_workers": args.workers, "lr": args.lr, "rounds": args.rounds,
+                  "retainrl_backend": args.retainrl_backend or "default", "retainrl_commit": git_head(),
                   "warmup_steps": args.warmup, "timed_steps_per_round": args.steps, "order": only,
                   "lora": {"r": 8, "alpha": 16, "dropout": 0.0, "target_modules": "all-linear"},
                   "world": dict(WORLD, skills=list(SKILLS)), "beta": 0.0, "epochs": 1,
