@@ -40,6 +40,7 @@ def cmd_eval(args) -> int:
 def cmd_train(args) -> int:
     from retainrl.config import ConfigError, describe, load_config
     from retainrl.train.config import RunConfig
+    from retainrl.train import distributed
     from retainrl.train.trainer import Trainer
 
     if args.help_config:
@@ -54,10 +55,15 @@ def cmd_train(args) -> int:
         print(f"config error: {e}", file=sys.stderr)
         return 2
     out = args.out or str(Path("runs") / cfg.name)
-    summary = Trainer(cfg, out).run()
-    keys = ("avg", "worst", "forgetting", "bwt", "fwt", "max_drop")
-    print(json.dumps({k: summary.get(k) for k in keys}))
-    print(f"run directory: {out}")
+    trainer = Trainer(cfg, out)
+    try:
+        summary = trainer.run()
+    finally:
+        distributed.teardown(trainer.dist)
+    if trainer.dist.main:  # under torchrun: one report, from rank 0
+        keys = ("avg", "worst", "forgetting", "bwt", "fwt", "max_drop")
+        print(json.dumps({k: summary.get(k) for k in keys}))
+        print(f"run directory: {out}")
     return 0
 
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from retainrl.policy.model import ModelConfig, load_policy, token_logprobs
-from retainrl.policy.rollout import SamplingConfig, completion_logprobs, completion_mask_from, generate
+from retainrl.policy.rollout import SamplingConfig, _shares_prompts, completion_logprobs, completion_mask_from, generate
 
 from tests.tiny_models import make_tiny
 
@@ -83,3 +83,52 @@ def test_decode_loop_greedy_equals_hf_generate_on_the_bundled_model():
     sampled = generate(policy, prompts[:2], 4, SamplingConfig(max_new_tokens=16, backend="loop", top_p=0.9), seed=3)
     again = generate(policy, prompts[:2], 4, SamplingConfig(max_new_tokens=16, backend="loop", top_p=0.9), seed=3)
     assert torch.equal(sampled.completion_ids, again.completion_ids)
+
+
+def test_logprobs_follow_the_sampling_temperature(model_dir):
+    """A rollout sampled at temperature T is scored with softmax(logits / T): the distribution
+    that was actually sampled from (greedy rows: T = 1)."""
+    policy = load_policy(ModelConfig(name_or_path=model_dir, lora_r=4, lora_alpha=8))
+    r = generate(policy, ["def f(x):"], n=2, cfg=SamplingConfig(max_new_tokens=6, temperature=0.5), seed=0)
+    assert r.temperature == 0.5 and r.select([1]).temperature == 0.5
+    with torch.no_grad():
+        lp, _, _ = completion_logprobs(policy, r)
+        ids, mask = r.full()
+        logits, _ = policy.forward(ids, mask)
+        P = r.prompt_ids.shape[1]
+        by_hand = torch.log_softmax(logits[:, P - 1:-1].float() / 0.5, -1).gather(-1, ids[:, P:, None]).squeeze(-1)
+    assert torch.allclose(lp, by_hand, atol=1e-5)
+    greedy = generate(policy, ["def f(x):"], n=1, cfg=SamplingConfig(max_new_tokens=6, temperature=0.5), greedy=True)
+    assert greedy.temperature == 1.0
+
+
+def test_prefix_sharing_gives_the_full_row_logprobs_values_and_gradients(model_dir):
+    """completion_logprobs with the prompt run once per group (its cache repeated) equals the
+    full-row forward: log-probs, values and LoRA gradients, with left-padded prompts of
+    different lengths and right-padded completions."""
+    import dataclasses
+
+    policy = load_policy(ModelConfig(name_or_path=model_dir, lora_r=4, lora_alpha=8, value_head=True))
+    with torch.no_grad():  # a non-zero LoRA B, so the adapter changes the prompt's keys and values
+        for n, p in policy.named_trainable().items():
+            if "lora_B" in n:
+                p.normal_(0, 0.05)
+    r = generate(policy, ["def f(x):", "assert g(1) ==", "x"], n=3, cfg=SamplingConfig(max_new_tokens=7), seed=1)
+    assert _shares_prompts(r) and r.prompt_mask[:, 0].float().mean() < 1  # grouped, some left padding
+
+    def run(sharing: bool):
+        policy.config = dataclasses.replace(policy.config, prefix_sharing=sharing)
+        for p in policy.trainable_parameters():
+            p.grad = None
+        lp, values, _ = completion_logprobs(policy, r, with_values=True)
+        m = r.completion_mask
+        ((lp * m).sum() + (values * m).pow(2).sum()).backward()
+        return lp.detach(), values.detach(), [p.grad.clone() for p in policy.trainable_parameters()]
+
+    lp_full, v_full, g_full = run(False)
+    lp_shared, v_shared, g_shared = run(True)
+    m = r.completion_mask.bool()
+    assert torch.allclose(lp_shared[m], lp_full[m], atol=1e-4), (lp_shared[m] - lp_full[m]).abs().max()
+    assert torch.allclose(v_shared[m], v_full[m], atol=1e-4)
+    for a, b in zip(g_shared, g_full):
+        assert torch.allclose(a, b, atol=1e-4, rtol=1e-3), (a - b).abs().max()

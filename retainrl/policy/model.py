@@ -34,6 +34,9 @@ class ModelConfig:
         "help": "auto (use the tokenizer's chat template when it has one) | on | off."})
     value_head: bool = field(default=False, metadata={"help": "Add a scalar value head (PPO)."})
     threads: int = field(default=0, metadata={"help": "torch CPU threads (0: leave torch's default)."})
+    prefix_sharing: bool = field(default=True, metadata={
+        "help": "Score a group's completions against one forward of their shared prompt (its KV cache "
+                "repeated), not one full-row forward each: same log-probs and gradients, less compute."})
 
 
 def resolve_model_path(name_or_path: str) -> str:

@@ -6,7 +6,11 @@ Layout of a Rollout (B = prompts * n, rows grouped by prompt: rows [i*n, (i+1)*n
                           including the first EOS (or the last token when the budget ran out)
   old_logprobs    (B, T)  log-probs of the completion tokens under the sampling policy,
                           recomputed with a forward pass (same numerics as the update)
-The log-prob of completion token t comes from the logits at position P + t - 1.
+  temperature             the temperature the rows were sampled at (1.0 for greedy rows)
+The log-prob of completion token t comes from the logits at position P + t - 1, divided by
+the rollout's temperature: the policy that is trained and ratioed is the distribution that was
+actually sampled from (softmax(logits / T)), as in TRL and verl. At T = 1 this is the model's
+own distribution; at T < 1 RL sharpens the tempered policy the samples came from.
 """
 
 from __future__ import annotations
@@ -46,6 +50,7 @@ class Rollout:
     gen_seconds: float = 0.0
     verify_seconds: float = 0.0
     verify_cpu_seconds: float = 0.0
+    temperature: float = 1.0         # sampling temperature of these rows; log-probs use logits / T
 
     @property
     def lengths(self) -> torch.Tensor:  # (B,) completion tokens per row (the token cost)
@@ -60,7 +65,8 @@ class Rollout:
         pick = lambda t: None if t is None else t[idx.to(t.device)]  # noqa: E731
         return Rollout(pick(self.prompt_ids), pick(self.prompt_mask), pick(self.completion_ids),
                        pick(self.completion_mask), [self.texts[i] for i in rows], [self.task_index[i] for i in rows],
-                       self.group_size, pick(self.old_logprobs), pick(self.rewards))
+                       self.group_size, pick(self.old_logprobs), pick(self.rewards),
+                       temperature=self.temperature)
 
 
 def completion_mask_from(ids: torch.Tensor, eos_id: int) -> torch.Tensor:
@@ -120,8 +126,9 @@ def generate(policy: Policy, prompts: list[str], n: int, cfg: SamplingConfig, gr
         text = tok.decode(row[m.bool()], skip_special_tokens=True)
         texts.append(truncate_at_stops(text, cfg.stop_strings))
     task_index = [i for i in range(len(prompts)) for _ in range(n)]
+    sampled_at = 1.0 if greedy or cfg.temperature <= 0 else float(cfg.temperature)
     return Rollout(prompt_ids, prompt_mask, completion_ids, completion_mask, texts, task_index, n,
-                   gen_seconds=time.monotonic() - t0)
+                   gen_seconds=time.monotonic() - t0, temperature=sampled_at)
 
 
 @torch.no_grad()
@@ -176,13 +183,68 @@ def decode_loop(policy: Policy, ids: torch.Tensor, mask: torch.Tensor, cfg: Samp
 
 
 def completion_logprobs(policy: Policy, rollout: Rollout, with_values: bool = False, with_logits: bool = False):
-    """Log-probs (B, T) of the completion tokens under the current policy; values (B, T) and the
-    completion logits (B, T, V) on request."""
-    ids, mask = rollout.full()
-    ids, mask = ids.to(policy.device), mask.to(policy.device)
-    P = rollout.prompt_ids.shape[1]
-    logits, values = policy.forward(ids, mask, with_values=with_values)
-    comp_logits = logits[:, P - 1:-1]
-    logprobs = token_logprobs(comp_logits, ids[:, P:])
-    vals = values[:, P - 1:-1] if values is not None else None
-    return logprobs, vals, (comp_logits if with_logits else None)
+    """Log-probs (B, T) of the completion tokens under the current policy at the rollout's
+    temperature (logits / T); values (B, T) and the tempered completion logits (B, T, V) on request.
+
+    Rows come in groups of `group_size` that share one prompt, so the prompt is run once per
+    group and its key/value cache repeated for the group's completions (prefix sharing): the
+    same numbers as running every full row (tests/test_policy.py checks log-probs and
+    gradients), for about 1/n of the prompt compute. Gradients flow into the prompt through the
+    repeated cache. Rows that are not whole groups of one prompt take the full-row path.
+    """
+    if _shares_prompts(rollout) and policy.config.prefix_sharing:
+        logits, values = _shared_prefix_forward(policy, rollout, with_values)
+        ids = rollout.completion_ids.to(policy.device)
+        comp_logits = logits
+    else:
+        full_ids, mask = rollout.full()
+        full_ids, mask = full_ids.to(policy.device), mask.to(policy.device)
+        P = rollout.prompt_ids.shape[1]
+        logits, values = policy.forward(full_ids, mask, with_values=with_values)
+        comp_logits = logits[:, P - 1:-1]
+        values = values[:, P - 1:-1] if values is not None else None
+        ids = full_ids[:, P:]
+    if rollout.temperature != 1.0:
+        comp_logits = comp_logits / rollout.temperature
+    logprobs = token_logprobs(comp_logits, ids)
+    return logprobs, values, (comp_logits if with_logits else None)
+
+
+def _shares_prompts(rollout: Rollout) -> bool:
+    n, B = rollout.group_size, rollout.prompt_ids.shape[0]
+    if n < 2 or B % n or rollout.completion_ids.shape[1] < 1:
+        return False
+    p = rollout.prompt_ids.view(B // n, n, -1)
+    return bool((p == p[:, :1]).all())
+
+
+def _shared_prefix_forward(policy: Policy, rollout: Rollout, with_values: bool):
+    """(logits (B, T, V) predicting each completion token, values (B, T) or None).
+
+    One forward over the G = B / n distinct prompts with use_cache, the cache repeated n times
+    along the batch, then one forward over the (B, T) completions with positions continuing
+    each prompt and an attention mask covering prompt + completion.
+    """
+    n, dev = rollout.group_size, policy.device
+    prompt_ids = rollout.prompt_ids[::n].to(dev)                       # (G, P)
+    prompt_mask = rollout.prompt_mask[::n].to(dev)
+    position = (prompt_mask.long().cumsum(-1) - 1).clamp(min=0)
+    first = policy.model(input_ids=prompt_ids, attention_mask=prompt_mask, position_ids=position, use_cache=True,
+                         output_hidden_states=with_values)
+    cache = first.past_key_values
+    cache.batch_repeat_interleave(n)
+    comp_ids, comp_mask = rollout.completion_ids.to(dev), rollout.completion_mask.to(dev)
+    T = comp_ids.shape[1]
+    start = prompt_mask.long().sum(-1, keepdim=True).repeat_interleave(n, 0)       # (B, 1) next position
+    comp_position = start + torch.arange(T, device=dev)[None, :]
+    mask = torch.cat([prompt_mask.repeat_interleave(n, 0), comp_mask], dim=1)
+    second = policy.model(input_ids=comp_ids, attention_mask=mask, position_ids=comp_position,
+                          past_key_values=cache, use_cache=True, output_hidden_states=with_values)
+    # the first completion token is predicted by the prompt's last position
+    logits = torch.cat([first.logits[:, -1:].repeat_interleave(n, 0), second.logits[:, :-1]], dim=1)
+    values = None
+    if with_values:
+        hidden = torch.cat([first.hidden_states[-1][:, -1:].repeat_interleave(n, 0),
+                            second.hidden_states[-1][:, :-1]], dim=1)
+        values = policy.value_head(hidden)
+    return logits, values

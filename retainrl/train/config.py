@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from retainrl.config import option
+from retainrl.data.sources import DataConfig
 from retainrl.policy.model import ModelConfig
 from retainrl.policy.rollout import SamplingConfig
 
@@ -36,6 +37,10 @@ class RLConfig:
     entropy_coef: float = option(0.0, "Coefficient of the entropy bonus.", check=lambda v: v >= 0, must="be >= 0")
     max_grad_norm: float = option(1.0, "Gradient clipping on the global norm (0: off).", check=lambda v: v >= 0, must="be >= 0")
     reward: Literal["binary", "fraction"] = option("binary", "Reward from a verdict: 1 iff passed, or the fraction of tests passed.")
+    drop_uninformative: bool = option(True, "Leave groups whose advantages are all zero (every sample got the same "
+                                            "reward) out of the update: they add no policy gradient, only tokens to the "
+                                            "denominator and compute (DAPO's dynamic-sampling filter, without "
+                                            "resampling). Not applied for PPO or when kl_coef/entropy_coef > 0.")
     scale_by_std: bool = option(True, "GRPO: divide group-centred rewards by the group std (False: Dr. GRPO).")
     gamma: float = option(1.0, "PPO discount.")
     lam: float = option(0.95, "PPO GAE lambda.")
@@ -119,6 +124,8 @@ class RunConfig:
     rl: RLConfig = option(RLConfig(), "The RL algorithm.")
     protocol: ProtocolConfig = option(ProtocolConfig(), "Which skills are trained when.")
     world: WorldDataConfig = option(WorldDataConfig(), "The built-in code world.")
+    data: DataConfig = option(DataConfig(), "Data sources (benchmarks, JSONL) and their skill assignment; "
+                                            "empty: the built-in world only.")
     eval: EvalConfig = option(EvalConfig(), "The evaluation schedule.")
     method: MethodConfig = option(MethodConfig(), "Continual-learning baseline.")
     safety: SafetyConfig = option(SafetyConfig(), "The skill-safe projection layer.")
@@ -126,7 +133,8 @@ class RunConfig:
                                    check=lambda v: v >= 1, must="be >= 1")
     sandbox_workers: int = option(2, "Verifier worker processes.", check=lambda v: v >= 1, must="be >= 1")
     tensorboard: bool = option(True, "Write TensorBoard event files (when tensorboard is installed).")
-    wandb: bool = option(False, "Log to Weights & Biases (when installed).")
+    wandb: bool = option(False, "Log to Weights & Biases (needs the wandb package; warns and goes on without).")
+    wandb_project: str = option("retainrl", "Weights & Biases project name.", hash=False)
     progress: bool = option(True, "Show live progress bars.")
 
     def phase_skills(self) -> list[list[str]]:

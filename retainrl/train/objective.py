@@ -25,6 +25,7 @@ import math
 import torch
 
 from retainrl.policy.rollout import Rollout, SamplingConfig, completion_logprobs, generate
+from retainrl.train import distributed
 from retainrl.rl.advantages import gae_advantages, grpo_advantages, rloo_advantages
 from retainrl.rl.losses import (aggregation_counts, clipped_policy_loss, entropy_bonus, kl_penalty,
                                 policy_objective, reinforce_loss, value_loss)
@@ -189,14 +190,35 @@ def update(trainer, rollout: Rollout) -> dict:
     # fixed reference.
     on_policy = rl.epochs == 1 and not ppo
     old_lp, old_values = (None, None) if on_policy else _forward_no_grad(policy, rollout, ppo, rows_per_micro)
+    adv, returns, adv_metrics = compute_advantages(rl, rollout.rewards, group, mask, old_values)
+    adv = adv.to(policy.device)
+    if rl.drop_uninformative and not ppo and rl.kl_coef == 0 and rl.entropy_coef == 0:
+        # zero-advantage groups contribute exactly zero policy gradient; dropping them changes
+        # only the aggregation denominator (now: informative tokens only) and saves their compute
+        keep = [r for r in range(B) if bool((adv[(r // group) * group:(r // group + 1) * group] != 0).any())]
+        adv_metrics["update/informative_frac"] = torch.tensor(len(keep) / max(1, B))
+        informative_anywhere = distributed.all_sum([float(len(keep))])[0] > 0  # the same answer on every rank
+        if not informative_anywhere and trainer.safety is None and trainer.method.penalty() is None:
+            out = {k: float(v) for k, v in adv_metrics.items()}
+            out.update({"skipped": False, "update/no_signal": 1.0})
+            return out  # no gradient at all: Adam must not take a step on zeros
+        if len(keep) < B:
+            keep_t = torch.tensor(keep, dtype=torch.long)
+            rollout, adv = rollout.select(keep), adv[keep_t.to(adv.device)]
+            old_lp = None if old_lp is None else old_lp[keep_t.to(old_lp.device)]
+            mask = rollout.completion_mask.to(policy.device)
+            B = len(keep)
     ref_lp = None
     if rl.kl_coef > 0:
         with policy.reference():
             ref_lp, _ = _forward_no_grad(policy, rollout, False, rows_per_micro)
-    adv, returns, adv_metrics = compute_advantages(rl, rollout.rewards, group, mask, old_values)
-    adv = adv.to(policy.device)
     counts = aggregation_counts(mask)
-    agg = dict(agg=rl.aggregation, num_tokens_global=counts["num_tokens"], num_seqs_global=counts["num_seqs"],
+    # Denominators of the *global* batch; under data parallelism divided by the rank count, so
+    # that the mean of the ranks' gradients (average_gradients) is the global-batch gradient.
+    world = torch.distributed.get_world_size() if distributed.is_active() else 1
+    n_tokens, n_seqs = (torch.tensor(v / world) for v in distributed.all_sum([float(counts["num_tokens"]),
+                                                                            float(counts["num_seqs"])]))
+    agg = dict(agg=rl.aggregation, num_tokens_global=n_tokens, num_seqs_global=n_seqs,
                max_len=cfg.sampling.max_new_tokens)
     params = policy.trainable_parameters()
     sums: dict[str, float] = {}
@@ -225,15 +247,17 @@ def update(trainer, rollout: Rollout) -> dict:
             loss, metrics = policy_objective(pol, kl=kl, kl_coef=rl.kl_coef, entropy=ent,
                                              entropy_coef=rl.entropy_coef, value=val, value_coef=rl.vf_coef)
             if not torch.isfinite(loss):
-                skipped = True
-                break
+                skipped = True  # no break: under data parallelism every rank must reach the all-reduce
+                continue
             loss.backward()
             for k, v in metrics.items():
                 sums[k] = sums.get(k, 0.0) + float(v)
             n_terms += 1
-        if skipped:
+        distributed.average_gradients(params)
+        if distributed.all_sum([float(skipped)])[0] > 0:  # one rank's NaN loss skips the step everywhere
+            skipped = True
             break
-        pen = trainer.method.penalty()
+        pen = trainer.method.penalty()  # the same on every rank: added after the average
         if pen is not None:
             pen[0].backward()
             for k, v in pen[1].items():

@@ -15,6 +15,7 @@ import json
 import math
 import os
 import tempfile
+import warnings
 from pathlib import Path
 
 import torch
@@ -126,3 +127,58 @@ class TensorBoard:
     def close(self) -> None:
         if self.writer is not None:
             self.writer.close()
+
+
+class WandB:
+    """Scalars to Weights & Biases when asked for (`wandb: true`) and the package is installed.
+
+    The W&B run id is kept in RUN_DIR/wandb_id, so a resumed run continues the same W&B run
+    (resume="allow"). Asked for but not installed: one warning, and the run goes on with
+    JSONL and TensorBoard (logging must never stop training); the same for a failing init.
+    """
+
+    def __init__(self, run_dir: Path, enabled: bool, project: str, name: str, config: dict):
+        self.run = None
+        if not enabled:
+            return
+        try:
+            import wandb
+        except ImportError:
+            warnings.warn("wandb: true, but the wandb package is not installed (pip install wandb); "
+                          "logging to metrics.jsonl and TensorBoard only")
+            return
+        id_file = Path(run_dir) / "wandb_id"
+        run_id = id_file.read_text().strip() if id_file.exists() else wandb.util.generate_id()
+        atomic_write_text(id_file, run_id)
+        try:
+            self.run = wandb.init(project=project, name=name, id=run_id, resume="allow", config=config,
+                                  dir=str(run_dir))
+        except Exception as e:  # offline, bad key, ...: keep training
+            warnings.warn(f"wandb.init failed ({type(e).__name__}: {e}); logging to metrics.jsonl and TensorBoard only")
+
+    def scalars(self, step: int, values: dict) -> None:
+        if self.run is None:
+            return
+        clean = {k: v for k, v in values.items()
+                 if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)}
+        if clean:
+            self.run.log(clean, step=step)
+
+    def close(self) -> None:
+        if self.run is not None:
+            self.run.finish()
+
+
+class Fanout:
+    """Several scalar sinks (TensorBoard, W&B) behind one `scalars` / `close`."""
+
+    def __init__(self, *sinks):
+        self.sinks = sinks
+
+    def scalars(self, step: int, values: dict) -> None:
+        for sink in self.sinks:
+            sink.scalars(step, values)
+
+    def close(self) -> None:
+        for sink in self.sinks:
+            sink.close()

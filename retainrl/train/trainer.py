@@ -24,15 +24,16 @@ import numpy as np
 import torch
 
 from retainrl.config import dump_yaml, to_dict
-from retainrl.data.world import WorldConfig, make_world
+from retainrl.data.sources import load_sources
+from retainrl.data.world import SKILLS, WorldConfig, make_world
 from retainrl.evaluate import evaluate
 from retainrl.metrics.retention import summarize
 from retainrl.policy.model import load_policy
 from retainrl.policy.rollout import SamplingConfig, generate
-from retainrl.train import objective
+from retainrl.train import distributed, objective
 from retainrl.train.config import RunConfig
 from retainrl.train.progress import Progress
-from retainrl.train.runio import MetricsLog, TensorBoard, atomic_torch_save, atomic_write_text, load_checkpoint
+from retainrl.train.runio import Fanout, MetricsLog, TensorBoard, WandB, atomic_torch_save, atomic_write_text, load_checkpoint
 from retainrl.safety.layer import SafetyLayer
 from retainrl.train.sampler import TaskSampler
 from retainrl.verify import Sandbox
@@ -45,6 +46,23 @@ def _seed_all(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def build_tasks(cfg: RunConfig) -> tuple[dict[str, list], dict[str, list]]:
+    """(train, heldout) tasks by skill: the built-in world and/or the configured data sources."""
+    w, data = cfg.world, cfg.data
+    train: dict[str, list] = {}
+    heldout: dict[str, list] = {}
+    if data.sources:
+        train, heldout = load_sources(data)
+    if not data.sources or data.world:
+        skills = tuple(data.world_skills) if data.sources and data.world_skills else SKILLS
+        world = make_world(WorldConfig(seed=w.seed, n_train=w.n_train, n_heldout=w.n_heldout,
+                                       difficulty=w.difficulty, skills=skills))
+        for s in skills:
+            train.setdefault(s, []).extend(world[s]["train"])
+            heldout.setdefault(s, []).extend(world[s]["heldout"])
+    return train, heldout
+
+
 def step_seed(seed: int, step: int, salt: str = "rollout") -> int:
     return int(hashlib.sha256(f"{seed}/{step}/{salt}".encode()).hexdigest()[:12], 16)
 
@@ -54,20 +72,26 @@ class Trainer:
         self.cfg, self.out = cfg, Path(out_dir)
         self.out.mkdir(parents=True, exist_ok=True)
         self.phases = cfg.phase_skills()
-        self.skills = cfg.all_skills()
-        for extra in ("gen", "repair", "reason"):  # every world skill is evaluated, trained or not
-            if extra not in self.skills:
-                self.skills.append(extra)
+        self.dist = distributed.setup()
+        if cfg.rl.prompts_per_step % self.dist.world:
+            raise ValueError(f"rl.prompts_per_step={cfg.rl.prompts_per_step} must be a multiple of the "
+                             f"{self.dist.world} data-parallel ranks")
         _seed_all(cfg.seed)
         # PPO needs the value head whatever the model section says
         self.policy = load_policy(dataclasses.replace(cfg.model, value_head=cfg.model.value_head or cfg.rl.algo == "ppo"))
-        w = cfg.world
-        world = make_world(WorldConfig(seed=w.seed, n_train=w.n_train, n_heldout=w.n_heldout,
-                                       difficulty=w.difficulty, skills=tuple(self.skills)))
-        self.train_tasks = {s: world[s]["train"] for s in self.skills}
-        self.heldout = {s: world[s]["heldout"] for s in self.skills}
+        self.train_tasks, self.heldout = build_tasks(cfg)
+        # every skill with held-out tasks is evaluated, trained or not; trained skills first
+        self.skills = cfg.all_skills() + [s for s in self.heldout if s not in cfg.all_skills()]
+        for s in cfg.all_skills():
+            if not self.train_tasks.get(s):
+                raise ValueError(f"protocol trains skill {s!r} but no data source gives it training tasks "
+                                 f"(skills with training tasks: {sorted(s for s, t in self.train_tasks.items() if t)})")
+            if not self.heldout.get(s):
+                raise ValueError(f"protocol trains skill {s!r} but no data source gives it held-out tasks to "
+                                 f"evaluate on (raise data.heldout_fraction or add a split=heldout source)")
         self.sampler = TaskSampler(self.train_tasks, cfg.seed)
         params = self.policy.trainable_parameters()
+        distributed.broadcast_parameters(params)
         if cfg.rl.optimizer == "sgd":
             self.opt = torch.optim.SGD(params, lr=cfg.rl.lr)
         else:
@@ -110,7 +134,8 @@ class Trainer:
             setattr(self, k, st[k])
 
     def checkpoint(self, log: MetricsLog) -> None:
-        atomic_torch_save(self.state(log.count), self.out / "ckpt" / "state.pt")
+        if self.dist.main:
+            atomic_torch_save(self.state(log.count), self.out / "ckpt" / "state.pt")
 
     # ------------------------------------------------------------------------------------
     def run(self) -> dict:
@@ -120,10 +145,15 @@ class Trainer:
             if ckpt["config"] != to_dict(cfg):
                 raise ValueError(f"{self.out} holds a run with a different config; use a new --out")
             self.load_state(ckpt)
-        dump_yaml(cfg, self.out / "config.yaml")
-        log = MetricsLog(self.out / "metrics.jsonl", keep_lines=ckpt["metrics_lines"] if ckpt else 0)
-        tb = TensorBoard(self.out / "tb", cfg.tensorboard)
-        progress = Progress(enabled=cfg.progress, total=len(self.phases) * cfg.protocol.steps_per_phase,
+        main = self.dist.main  # under torchrun only rank 0 writes files
+        keep = ckpt["metrics_lines"] if ckpt else 0
+        if main:
+            dump_yaml(cfg, self.out / "config.yaml")
+        log = MetricsLog(self.out / "metrics.jsonl", keep_lines=keep) if main else CountingLog(keep)
+        # scalar sinks beside metrics.jsonl (which is always written)
+        tb = Fanout(TensorBoard(self.out / "tb", cfg.tensorboard and main),
+                    WandB(self.out, cfg.wandb and main, cfg.wandb_project, cfg.name, to_dict(cfg)))
+        progress = Progress(enabled=cfg.progress and main, total=len(self.phases) * cfg.protocol.steps_per_phase,
                             done=self.global_step)
         try:
             with Sandbox(workers=cfg.sandbox_workers) as sandbox:
@@ -152,7 +182,13 @@ class Trainer:
             tb.close()
             log.close()
         summary = self.summary()
-        atomic_write_text(self.out / "summary.json", json.dumps(summary, indent=2, sort_keys=True))
+        if self.dist.active:
+            agree = distributed.ranks_agree(distributed.parameters_checksum(self.policy.trainable_parameters()))
+            summary.update({"ddp_world_size": self.dist.world, "ddp_ranks_identical": agree})
+            if not agree:
+                raise RuntimeError(f"rank {self.dist.rank}: trainable parameters differ between data-parallel ranks")
+        if self.dist.main:
+            atomic_write_text(self.out / "summary.json", json.dumps(summary, indent=2, sort_keys=True))
         return summary
 
     def summary(self) -> dict:
@@ -168,9 +204,13 @@ class Trainer:
         return out
 
     # ------------------------------------------------------------------------------------
-    def _evaluate(self, log: MetricsLog, tb: TensorBoard, progress, kind: str) -> list[float]:
-        res = evaluate(self.policy, self.heldout, self.sandbox, self.eval_sampling, ks=tuple(self.cfg.eval.pass_k),
+    def _evaluate(self, log: MetricsLog, tb: Fanout, progress, kind: str) -> list[float]:
+        d = self.dist
+        shard = {s: tasks[d.rank::d.world] for s, tasks in self.heldout.items()}
+        res = evaluate(self.policy, shard, self.sandbox, self.eval_sampling, ks=tuple(self.cfg.eval.pass_k),
                        n_samples=self.cfg.eval.n_samples, seed=step_seed(self.cfg.seed, self.global_step, "eval"))
+        if d.active:
+            res = {s: _merge_eval(r) for s, r in res.items()}
         row = []
         for skill in self.skills:
             r = res[skill]
@@ -198,15 +238,17 @@ class Trainer:
         replay = self.method.replay_fraction if earlier else 0.0
         tasks = self.sampler.sample(skills, rl.prompts_per_step, weights=cfg.protocol.mixed_weights or None,
                                     replay_skills=earlier, replay_fraction=replay)
+        d = self.dist
+        batch_skills = sorted({t.skill for t in tasks})  # the global batch's skills, same on every rank
+        tasks = tasks[d.rank::d.world]  # this rank's share of the global batch
         rollout = generate(self.policy, [t.prompt for t in tasks], n=rl.samples_per_prompt, cfg=cfg.sampling,
-                           seed=step_seed(cfg.seed, self.global_step))
+                           seed=step_seed(cfg.seed, self.global_step, "rollout" if d.main else f"rollout/{d.rank}"))
         t1 = time.monotonic()
         pairs = [(tasks[i], text) for i, text in zip(rollout.task_index, rollout.texts)]
         verdicts = verify_many(self.sandbox, pairs)
         t2 = time.monotonic()
         rewards = torch.tensor([v.reward(rl.reward) for v in verdicts], dtype=torch.float32)
         rollout.rewards = rewards
-        errors = sum(v.status in ("error", "killed") for v in verdicts)
         n_events = len(self.safety.events) if self.safety is not None else 0
         stats = objective.update(self, rollout)
         if self.safety is not None:
@@ -214,19 +256,51 @@ class Trainer:
                 stats[f"safety/switched_on/{ev['skill']}"] = 1.0
         self.global_step += 1
         self.phase_step += 1
-        tokens = int(rollout.lengths.sum())
-        self.counters["tokens"] += tokens
-        self.counters["samples"] += len(verdicts)
-        self.counters["verify_cpu_s"] += sum(v.cpu_s for v in verdicts)
-        self.counters["verifier_errors"] += errors
+        # batch totals, summed over data-parallel ranks (plain sums in a single process)
+        per_skill_rows = [[j for j, i in enumerate(rollout.task_index) if tasks[i].skill == s] for s in batch_skills]
+        local = [float(rewards.sum()), float(len(verdicts)), float(rollout.lengths.sum()),
+                 float(sum(v.status in ("error", "killed") for v in verdicts)), float(sum(v.cpu_s for v in verdicts))]
+        for rows in per_skill_rows:
+            local += [float(rewards[rows].sum()) if rows else 0.0, float(len(rows))]
+        tot = distributed.all_sum(local)
+        reward_sum, n_samples, tokens, errors, verify_cpu = tot[:5]
+        self.counters["tokens"] += int(tokens)
+        self.counters["samples"] += int(n_samples)
+        self.counters["verify_cpu_s"] += verify_cpu
+        self.counters["verifier_errors"] += int(errors)
         if stats.get("skipped"):
             self.counters["skipped_steps"] += 1
-        per_skill = {}
-        for s in sorted({t.skill for t in tasks}):
-            rows = [j for j, i in enumerate(rollout.task_index) if tasks[i].skill == s]
-            per_skill[f"reward/{s}"] = float(rewards[rows].mean())
+        per_skill = {f"reward/{s}": tot[5 + 2 * k] / max(1.0, tot[6 + 2 * k]) for k, s in enumerate(batch_skills)}
         return {"kind": "train", "step": self.global_step, "phase": self.phase, "skills": skills,
-                "reward/mean": float(rewards.mean()), **per_skill,
-                "tokens": tokens, "length/mean": float(rollout.lengths.float().mean()),
-                "verifier_errors": errors, "time/rollout_s": t1 - t0, "time/verify_s": t2 - t1,
+                "reward/mean": reward_sum / max(1.0, n_samples), **per_skill,
+                "tokens": int(tokens), "length/mean": tokens / max(1.0, n_samples),
+                "verifier_errors": int(errors), "time/rollout_s": t1 - t0, "time/verify_s": t2 - t1,
                 "time/update_s": time.monotonic() - t2, **stats}
+
+
+class CountingLog:
+    """The metrics log of a rank that does not write files: it only keeps the line count, so
+    its checkpoint bookkeeping matches rank 0's."""
+
+    def __init__(self, count: int = 0):
+        self.count = count
+
+    def write(self, record: dict) -> None:
+        self.count += 1
+
+    def close(self) -> None:
+        pass
+
+
+def _merge_eval(r: dict) -> dict:
+    """One skill's evaluation of this rank's shard -> the whole held-out set's (sums over ranks)."""
+    n_local = r["n"]
+    keys = sorted(k for k in r if k.startswith("pass@"))
+    sums = distributed.all_sum([r[k] * n_local for k in keys] + [n_local, r["tokens"], r["verify_cpu_s"], r["errors"],
+                                                                    r["gen_s"], r["verify_s"]])
+    n = sums[len(keys)]
+    out = {k: sums[i] / max(1.0, n) for i, k in enumerate(keys)}
+    rest = sums[len(keys):]
+    out.update({"n": int(n), "tokens": int(rest[1]), "verify_cpu_s": rest[2], "errors": int(rest[3]),
+                "gen_s": rest[4], "verify_s": rest[5]})
+    return out

@@ -1,0 +1,112 @@
+"""Data parallelism under `torchrun`: every rank holds the whole (LoRA'd) model and the same
+optimizer; the global batch is split across ranks, gradients are averaged before clipping.
+
+    torchrun --nproc_per_node 4 -m retainrl train configs/x.yaml --out runs/x
+
+What each rank does, and why the ranks cannot drift apart:
+- Task sampling draws the *global* step batch on every rank from the same seeded sampler, then
+  rank r keeps prompts r, r + W, r + 2W, ... (W ranks), so the sampler state is identical on
+  all ranks and equal to a single-process run's. Rollouts use a per-rank seed.
+- Loss denominators (tokens, sequences) are summed over ranks and divided by W, so that the
+  mean of the ranks' gradients equals the gradient of one process on the global batch
+  (tests/test_train_ddp.py); gradients are then all-reduced (mean), exactly what DDP's
+  bucketed all-reduce computes, before the NaN check, clipping and the optimizer step. The
+  skill-safe layer all-reduces its per-skill gradients the same way.
+- Evaluation is sharded (task i on rank i mod W) and the counts summed.
+- Only rank 0 writes metrics.jsonl, TensorBoard, summary.json and checkpoints; every rank
+  resumes from the same checkpoint. After the run the ranks compare a checksum of their
+  trainable parameters and fail loudly if they differ.
+Backend: NCCL on CUDA, gloo on CPU (the CI test runs 2 CPU processes).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+
+@dataclass(frozen=True)
+class DistInfo:
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def active(self) -> bool:
+        return self.world > 1
+
+
+def setup() -> DistInfo:
+    """Join the process group torchrun describes in the environment; single process otherwise."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return DistInfo()
+    rank, local = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
+    if not dist.is_initialized():
+        cuda = torch.cuda.is_available()
+        if cuda:
+            torch.cuda.set_device(local)
+        dist.init_process_group(backend="nccl" if cuda else "gloo")
+    return DistInfo(rank=rank, world=world, local_rank=local)
+
+
+def teardown(info: DistInfo) -> None:
+    if info.active and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def is_active() -> bool:
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def all_sum(values: list[float]) -> list[float]:
+    """Elementwise sum over ranks of a list of numbers (identity in a single process)."""
+    if not is_active():
+        return list(values)
+    t = torch.tensor(values, dtype=torch.float64)
+    dist.all_reduce(t, op=dist.ReduceOp.SUM)
+    return t.tolist()
+
+
+def average_gradients(params: list[torch.nn.Parameter]) -> None:
+    """p.grad <- mean over ranks of p.grad, as one flat all-reduce (a missing grad counts as 0)."""
+    if not is_active():
+        return
+    flat = torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1) for p in params])
+    dist.all_reduce(flat, op=dist.ReduceOp.SUM)
+    flat /= dist.get_world_size()
+    offset = 0
+    for p in params:
+        n = p.numel()
+        p.grad = flat[offset:offset + n].view_as(p).clone()
+        offset += n
+
+
+def parameters_checksum(params: list[torch.nn.Parameter]) -> float:
+    return float(sum(p.detach().double().sum() + (p.detach().double() ** 2).sum() for p in params))
+
+
+def ranks_agree(value: float, tol: float = 1e-9) -> bool:
+    """True when `value` is the same on every rank (to a relative tolerance)."""
+    if not is_active():
+        return True
+    t = torch.tensor([value, -value], dtype=torch.float64)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    hi, lo = t[0].item(), -t[1].item()
+    return abs(hi - lo) <= tol * max(1.0, abs(hi))
+
+
+def broadcast_parameters(params: list[torch.nn.Parameter]) -> None:
+    """Every rank starts from rank 0's trainable parameters (as DDP does at construction)."""
+    if not is_active():
+        return
+    with torch.no_grad():
+        for p in params:
+            dist.broadcast(p.data, src=0)
