@@ -5,11 +5,14 @@ column = the skill affected):
     rollouts of `prompts` training prompts x `samples`, the same estimate the skill-safe layer
     uses) over the LoRA parameters; entry [i][j] = cos(grad J_i, grad J_j). Negative: a step
     that helps i hurts j to first order.
+    With --checkpoints, the same matrix is also computed at each given adapter: a run's
+    phase-end files RUN/ckpt/phase<l>.pt (the trainer keeps one per phase) or its latest
+    RUN/ckpt/state.pt, so the interference can be followed through training.
 (b) empirical transfer: from the base model, train each skill alone for K steps (the run's
     config with protocol single) and measure the change of every skill's held-out pass@1;
     entry [i][j] = pass@1_j after training i - pass@1_j before.
 
-    retainrl analyze CONFIG [key=value ...] --out DIR [--transfer-steps K]
+    retainrl analyze CONFIG [key=value ...] --out DIR [--transfer-steps K] [--checkpoints A.pt,B.pt]
 """
 
 from __future__ import annotations
@@ -72,18 +75,38 @@ def worst_pair(skills: list[str], matrix: list[list[float]]) -> str:
     return f"training {a} hurts {b} most ({v:+.3f})"
 
 
+def load_adapter_file(path: str | Path) -> tuple[dict, str]:
+    """(adapter state, label) from a phase-end file or a trainer checkpoint."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {path}: no such file")
+    st = torch.load(path, map_location="cpu", weights_only=False)
+    if not isinstance(st, dict) or "adapter" not in st:
+        raise ValueError(f"checkpoint {path}: not a retainrl checkpoint (no 'adapter' entry)")
+    return st["adapter"], f"{path.parent.parent.name}/{path.stem}@step{st.get('global_step', '?')}"
+
+
 def analyze(config, overrides: list[str], out_dir, transfer_steps: int = 0, prompts: int = 16,
-            samples: int = 4) -> dict:
+            samples: int = 4, checkpoints: list[str] = ()) -> dict:
     from retainrl.report.plots import plot_interference
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     cfg = load_config(RunConfig, config, list(overrides) + ["protocol.kind=single", "protocol.phases=[gen]"])
     trainer = Trainer(cfg, out / "base")
+    at: dict[str, list[list[float]]] = {}
     with Sandbox(workers=cfg.sandbox_workers) as sb:
         cos = gradient_cosines(trainer, sb, prompts, samples, seed=cfg.seed)
+        for i, path in enumerate(checkpoints):
+            adapter, label = load_adapter_file(path)
+            trainer.policy.load_adapter_state(adapter)
+            at[label] = gradient_cosines(trainer, sb, prompts, samples, seed=cfg.seed)
+            plot_interference(at[label], trainer.skills, f"Gradient cosine between skills ({label})",
+                              out / f"gradient_cosine_ckpt{i}.png")
     result = {"skills": trainer.skills, "gradient_cosine": cos,
               "gradient_cosine_note": worst_pair(trainer.skills, cos).replace("hurts", "conflicts with")}
+    if at:
+        result["gradient_cosine_at"] = at
     plot_interference(cos, trainer.skills, "Gradient cosine between skills (base model)", out / "gradient_cosine.png")
     if transfer_steps > 0:
         skills, transfer = empirical_transfer(config, overrides, transfer_steps, out)
@@ -106,7 +129,10 @@ def main(argv=None) -> int:
     ap.add_argument("--transfer-steps", type=int, default=0, help="K for the empirical transfer matrix (0: skip)")
     ap.add_argument("--prompts", type=int, default=16, help="prompts per skill for the gradient estimates")
     ap.add_argument("--samples", type=int, default=4)
+    ap.add_argument("--checkpoints", default="", help="comma list of adapter files (RUN/ckpt/phase1.pt, "
+                                                       "RUN/ckpt/state.pt): gradient cosines at each too")
     a = ap.parse_args(argv)
-    res = analyze(a.config, a.overrides, a.out, a.transfer_steps, a.prompts, a.samples)
+    ckpts = [c for c in a.checkpoints.split(",") if c]
+    res = analyze(a.config, a.overrides, a.out, a.transfer_steps, a.prompts, a.samples, ckpts)
     print(json.dumps(res, indent=2))
     return 0

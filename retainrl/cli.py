@@ -78,6 +78,18 @@ DEMO_METHODS = {
 }
 
 
+def real_benchmark_overrides(data: Path) -> list[str]:
+    """The demo on the real benchmarks instead of the built-in world: gen = HumanEval + MBPP,
+    repair = HumanEvalFix + QuixBugs, reason = CRUXEval (output prediction), each split by a
+    fixed content hash (30% held out, at most 100 held-out tasks per skill)."""
+    sources = [("humaneval", "humaneval", ""), ("mbpp", "mbpp", ""), ("humanevalfix", "humanevalpack", ""),
+               ("quixbugs", "quixbugs", ""), ("cruxeval", "cruxeval", "")]
+    items = ", ".join(f"{{name: {name}, path: '{data / folder}'}}" for name, folder, _ in sources
+                      if (data / folder).exists())
+    return [f"data.sources=[{items}]", "data.world=false", "data.max_heldout_per_skill=100",
+            "sampling.max_new_tokens=256", "eval.max_new_tokens=256"]
+
+
 def cmd_demo(args) -> int:
     """Sequential gen -> repair -> reason on the bundled model: plain GRPO vs skill-safe GRPO vs replay."""
     from rich.console import Console
@@ -98,7 +110,13 @@ def cmd_demo(args) -> int:
         console.print(f"[red]unknown method(s) {unknown}; choose from {sorted(DEMO_METHODS)}[/red]")
         return 2
     seeds = [int(s) for s in args.seeds.split(",")]
-    extra = [f"model.name_or_path={args.model}"] + list(args.overrides)
+    extra = [f"model.name_or_path={args.model}"]
+    if args.data:
+        if not Path(args.data).is_dir():
+            console.print(f"[red]--data {args.data}: no such folder[/red]")
+            return 2
+        extra += real_benchmark_overrides(Path(args.data))
+    extra += list(args.overrides)
     t0 = time.monotonic()
     summaries: dict[str, list[dict]] = {}
     for method in methods:
@@ -216,6 +234,9 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--seeds", default="0", help="comma list of seeds")
     m.add_argument("--model", default="bundled", help="'bundled', a model directory or a hub id")
     m.add_argument("--out", default="runs/demo")
+    m.add_argument("--data", default="", help="folder with the real benchmarks (e.g. ../shared/data): train and "
+                                              "evaluate on HumanEval+MBPP / HumanEvalFix+QuixBugs / CRUXEval "
+                                              "instead of the built-in world")
     m.set_defaults(func=cmd_demo)
     return p
 

@@ -1,7 +1,9 @@
 """Per-skill evaluation on fixed held-out sets: greedy pass@1 and unbiased pass@k.
 
-pass@1 is the fraction of tasks whose greedy completion passes its verifier. pass@k (k > 1)
-uses `n_samples` temperature samples per task and the unbiased estimator of Chen et al. (2021),
+pass@1 is the fraction of tasks whose greedy completion passes its verifier. With n_samples > 0,
+`n_samples` completions per task are also drawn at the sampling temperature, giving
+`pass@1_sampled` (the mean success of a sample: the unbiased pass@1 estimate of Chen et al.
+(2021), the number Codex-style papers call pass@1) and pass@k for each requested k > 1,
 1 - C(n - c, k) / C(n, k), averaged over tasks (retainrl.metrics.passk).
 """
 
@@ -27,12 +29,13 @@ def evaluate_skill(policy: Policy, tasks: list[Task], sandbox, sampling: Samplin
            "tokens": int(rollout.lengths.sum()), "gen_s": t1 - t0, "verify_s": time.monotonic() - t1,
            "verify_cpu_s": sum(v.cpu_s for v in verdicts),
            "errors": sum(v.status in ("error", "killed") for v in verdicts)}
-    ks = tuple(k for k in ks if k > 1)
-    if ks and n_samples >= max(ks):
+    ks = tuple(k for k in ks if 1 < k <= n_samples)
+    if n_samples > 0:
         sampled = generate(policy, [t.prompt for t in tasks], n=n_samples, cfg=sampling, seed=seed,
                            batch_size=batch_size)
         sv = verify_many(sandbox, [(tasks[i], text) for i, text in zip(sampled.task_index, sampled.texts)])
         correct = [sum(v.passed for v in sv[i * n_samples:(i + 1) * n_samples]) for i in range(len(tasks))]
+        out["pass@1_sampled"] = sum(correct) / max(1, n_samples * len(tasks))
         for k in ks:
             out[f"pass@{k}"] = mean_pass_at_k([n_samples] * len(tasks), correct, k)
         out["tokens"] += int(sampled.lengths.sum())

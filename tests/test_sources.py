@@ -117,3 +117,19 @@ def test_wandb_sink_logs_finite_scalars_and_resumes_its_run(tmp_path, monkeypatc
         off = WandB(tmp_path / "b", True, "proj", "run", {})
     off.scalars(1, {"a": 1.0})
     off.close()
+
+
+@pytest.mark.skipif(not (DATA / "humaneval").exists(), reason="../shared/data not present")
+def test_demo_real_benchmark_option_builds_three_skills_from_five_benchmarks():
+    from retainrl.cli import real_benchmark_overrides
+
+    cfg = load_config(RunConfig, Path(__file__).resolve().parents[1] / "retainrl" / "configs" / "demo.yaml",
+                      real_benchmark_overrides(DATA))
+    train, held = build_tasks(cfg)
+    assert set(train) == set(held) == {"gen", "repair", "reason"}
+    assert {t.source for t in train["gen"]} == {"humaneval", "mbpp"}
+    assert {t.source for t in train["repair"]} == {"humanevalfix", "quixbugs"}
+    assert {t.source for t in train["reason"]} == {"cruxeval"}
+    assert len(held["gen"]) == len(held["reason"]) == 100 and 40 < len(held["repair"]) < 100  # capped at 100
+    train_ids = {t.content_hash() for s in train for t in train[s]}
+    assert not train_ids & {t.content_hash() for s in held for t in held[s]}

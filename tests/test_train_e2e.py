@@ -51,7 +51,7 @@ def test_tiny_run_changes_lora_and_writes_run_dir(tmp_path, algo, extra):
     out = tmp_path / algo
     single = ["protocol.kind=single", "protocol.phases=[gen]", "protocol.steps_per_phase=3"]
     _finish(_train(out, *FAST, f"rl.algo={algo}", "rl.entropy_coef=0.001", *(extra or single)))
-    for name in ("config.yaml", "metrics.jsonl", "summary.json", "ckpt/state.pt"):
+    for name in ("config.yaml", "metrics.jsonl", "summary.json", "ckpt/state.pt", "ckpt/phase1.pt"):
         assert (out / name).exists(), name
     recs = _lines(out / "metrics.jsonl")
     train = [r for r in recs if r["kind"] == "train"]

@@ -69,7 +69,8 @@ class WorldDataConfig:
 class EvalConfig:
     every: int = option(10, "Evaluate every skill every this many steps (0: only at phase ends).", check=lambda v: v >= 0, must="be >= 0")
     pass_k: list = option([], "Extra k values for unbiased pass@k (needs n_samples >= k).")
-    n_samples: int = option(0, "Samples per task for pass@k.")
+    n_samples: int = option(0, "Samples per task at the sampling temperature: pass@1_sampled (and pass@k); "
+                               "0: greedy pass@1 only.", check=lambda v: v >= 0, must="be >= 0")
     max_new_tokens: int = option(96, "Greedy completion budget at evaluation.")
 
 

@@ -45,7 +45,8 @@ from retainrl.train.runio import atomic_write_text
 
 # Metrics aggregated per grid point (target_gain/<l> added per phase); docs/METRICS.md.
 AGGREGATE_METRICS = ("avg", "worst", "forgetting", "bwt", "fwt", "max_drop", "oscillation",
-                     "tokens_generated", "verifier_cpu_s")
+                     "tokens_generated", "verifier_cpu_s", "target_gain_mean", "avg_sampled", "worst_sampled",
+                     "forgetting_sampled", "target_gain_mean_sampled")
 _SAFE = re.compile(r"[^A-Za-z0-9._=,+\-]")
 
 

@@ -98,7 +98,8 @@ class Trainer:
             self.opt = torch.optim.AdamW(params, lr=cfg.rl.lr, weight_decay=cfg.rl.weight_decay)
         self.method = objective.make_method(cfg, self.policy)
         self.safety = SafetyLayer(cfg, self) if cfg.safety.enabled else None
-        self.eval_sampling = SamplingConfig(max_new_tokens=cfg.eval.max_new_tokens,
+        self.eval_sampling = SamplingConfig(max_new_tokens=cfg.eval.max_new_tokens, temperature=cfg.sampling.temperature,
+                                            top_p=cfg.sampling.top_p, backend=cfg.sampling.backend,
                                             max_prompt_tokens=cfg.sampling.max_prompt_tokens,
                                             stop_strings=cfg.sampling.stop_strings)
         # progress state (all of it goes into the checkpoint)
@@ -107,6 +108,9 @@ class Trainer:
         self.phase_step = 0     # steps done inside it
         self.R: list[list[float]] = []          # rows: before training, after each phase
         self.curves: dict[str, list[float]] = {s: [] for s in self.skills}
+        # the same at the sampling temperature (eval.n_samples > 0): pass@1_sampled
+        self.R_sampled: list[list[float]] = []
+        self.curves_sampled: dict[str, list[float]] = {s: [] for s in self.skills}
         self.counters = {"tokens": 0, "verify_cpu_s": 0.0, "verifier_errors": 0, "skipped_steps": 0,
                          "samples": 0}
 
@@ -117,7 +121,8 @@ class Trainer:
                 "safety": self.safety.state() if self.safety is not None else None,
                 "rng": {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()},
                 "global_step": self.global_step, "phase": self.phase, "phase_step": self.phase_step,
-                "R": self.R, "curves": self.curves, "counters": self.counters, "metrics_lines": metrics_lines,
+                "R": self.R, "curves": self.curves, "R_sampled": self.R_sampled,
+                "curves_sampled": self.curves_sampled, "counters": self.counters, "metrics_lines": metrics_lines,
                 "config": to_dict(self.cfg)}
 
     def load_state(self, st: dict) -> None:
@@ -132,6 +137,8 @@ class Trainer:
         torch.set_rng_state(st["rng"]["torch"])
         for k in ("global_step", "phase", "phase_step", "R", "curves", "counters"):
             setattr(self, k, st[k])
+        self.R_sampled = st.get("R_sampled", [])
+        self.curves_sampled = st.get("curves_sampled", {s: [] for s in self.skills})
 
     def checkpoint(self, log: MetricsLog) -> None:
         if self.dist.main:
@@ -173,6 +180,9 @@ class Trainer:
                         if self.global_step % cfg.checkpoint_every == 0:
                             self.checkpoint(log)
                     self.R.append(self._evaluate(log, tb, progress, kind="phase_end"))
+                    if self.dist.main:  # the adapter at each phase end, for later analysis (retainrl analyze)
+                        atomic_torch_save({"adapter": self.policy.adapter_state(), "global_step": self.global_step,
+                                           "phase": self.phase + 1}, self.out / "ckpt" / f"phase{self.phase + 1}.pt")
                     self.phase += 1
                     self.phase_step = 0
                     self.method.on_phase_start(self)
@@ -196,6 +206,12 @@ class Trainer:
         out = summarize(self.skills, phases, self.R, curves=self.curves)
         gains = [g for g in (out.get("target_gain") or []) if g is not None]
         out["target_gain_mean"] = sum(gains) / len(gains) if gains else None
+        if self.R_sampled and len(self.R_sampled) == len(self.R):
+            sampled = summarize(self.skills, phases, self.R_sampled, curves=self.curves_sampled)
+            for key in ("avg", "worst", "forgetting", "bwt", "fwt", "max_drop", "target_gain", "R"):
+                out[f"{key}_sampled"] = sampled.get(key)
+            gains = [g for g in (sampled.get("target_gain") or []) if g is not None]
+            out["target_gain_mean_sampled"] = sum(gains) / len(gains) if gains else None
         out.update({"tokens_generated": self.counters["tokens"], "verifier_cpu_s": self.counters["verify_cpu_s"],
                     "verifier_errors": self.counters["verifier_errors"],
                     "skipped_steps": self.counters["skipped_steps"], "steps": self.global_step,
@@ -211,17 +227,22 @@ class Trainer:
                        n_samples=self.cfg.eval.n_samples, seed=step_seed(self.cfg.seed, self.global_step, "eval"))
         if d.active:
             res = {s: _merge_eval(r) for s, r in res.items()}
-        row = []
+        row, sampled_row = [], []
         for skill in self.skills:
             r = res[skill]
             self.curves[skill].append(r["pass@1"])
             row.append(r["pass@1"])
+            if "pass@1_sampled" in r:
+                self.curves_sampled[skill].append(r["pass@1_sampled"])
+                sampled_row.append(r["pass@1_sampled"])
             rec = {"kind": "eval", "eval_kind": kind, "step": self.global_step, "phase": self.phase,
                    "skill": skill, **{k: v for k, v in r.items()}}
             log.write(rec)
             tb.scalars(self.global_step, {f"eval/{skill}/pass@1": r["pass@1"]})
             self.counters["tokens"] += r["tokens"]
             self.counters["verify_cpu_s"] += r["verify_cpu_s"]
+        if kind == "phase_end" and sampled_row:
+            self.R_sampled.append(sampled_row)
         progress.note(f"eval@{self.global_step} " + " ".join(f"{s}={v:.2f}" for s, v in zip(self.skills, row)))
         return row
 
