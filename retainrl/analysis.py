@@ -131,7 +131,7 @@ def main(argv=None) -> int:
     ap.add_argument("--samples", type=int, default=4)
     ap.add_argument("--checkpoints", default="", help="comma list of adapter files (RUN/ckpt/phase1.pt, "
                                                        "RUN/ckpt/state.pt): gradient cosines at each too")
-    a = ap.parse_args(argv)
+    a = ap.parse_intermixed_args(argv)  # overrides may follow the options
     ckpts = [c for c in a.checkpoints.split(",") if c]
     res = analyze(a.config, a.overrides, a.out, a.transfer_steps, a.prompts, a.samples, ckpts)
     print(json.dumps(res, indent=2))

@@ -75,6 +75,9 @@ DEMO_METHODS = {
     "l2sp": ["method.name=l2sp"],
     "kl": ["method.name=plain", "rl.kl_coef=0.05"],
     "safe+replay": ["method.name=replay", "safety.enabled=true"],
+    # the eps sweep: relative slack, eps_s = eps * ||step|| * ||g_s|| (a cosine bound)
+    "safe-eps0.1": ["method.name=plain", "safety.enabled=true", "safety.eps=0.1"],
+    "safe-eps0.3": ["method.name=plain", "safety.enabled=true", "safety.eps=0.3"],
 }
 
 
@@ -256,7 +259,15 @@ def main(argv: list[str] | None = None) -> int:
         from retainrl.report import main as report_main
 
         return report_main(argv[1:])
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    # `key=value` overrides may come after options too (`train cfg --out d rl.lr=1e-3`); argparse
+    # alone would stop at the first option, so collect the stragglers here.
+    args, rest = parser.parse_known_args(argv)
+    stray = [r for r in rest if not r.startswith("-") and "=" in r]
+    if len(stray) != len(rest) or (stray and not hasattr(args, "overrides")):
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
+    if stray:
+        args.overrides = list(args.overrides) + stray
     return args.func(args)
 
 

@@ -331,3 +331,21 @@ def test_config_hash():
     assert config_hash(dataclasses.replace(base, rl=OptimConfig(lr=2e-5))) != config_hash(base)
     # fields declared hash=False (run name, output directory) do not change the hash
     assert config_hash(dataclasses.replace(base, name="other", out_dir=Path("elsewhere"))) == config_hash(base)
+
+
+def test_cli_overrides_may_follow_options(monkeypatch):
+    """`retainrl sweep CFG --grid k=a,b x=1 --out d y=2` and `retainrl train CFG --out d k=v`:
+    overrides after options are kept, not rejected (argparse alone stops at the first option)."""
+    import pytest
+
+    from retainrl import cli
+    from retainrl.train.sweep import build_parser
+
+    a = build_parser().parse_intermixed_args(["c.yaml", "--grid", "a=1,2", "x=1", "--out", "o", "y=2"])
+    assert a.overrides == ["x=1", "y=2"] and a.grid == ["a=1,2"]
+    seen = {}
+    monkeypatch.setattr(cli, "cmd_train", lambda args: seen.update(overrides=args.overrides, out=args.out) or 0)
+    assert cli.main(["train", "c.yaml", "--out", "d", "rl.lr=1e-3"]) == 0
+    assert seen == {"overrides": ["rl.lr=1e-3"], "out": "d"}
+    with pytest.raises(SystemExit):
+        cli.main(["train", "c.yaml", "--bogus"])

@@ -45,7 +45,8 @@ def _lines(path: Path) -> list[dict]:
 @pytest.mark.parametrize("algo,extra", [("grpo", []), ("ppo", []), ("rloo", []),
                                         ("grpo", ["safety.enabled=true", "safety.memory_prompts=4",
                                                   "safety.batch_prompts=2", "protocol.kind=sequential",
-                                                  "protocol.phases=[gen,repair]", "protocol.steps_per_phase=2"])],
+                                                  "protocol.phases=[gen,repair]", "protocol.steps_per_phase=2",
+                                                  "eval.n_samples=2"])],
                          ids=["grpo", "ppo", "rloo", "grpo+safety"])
 def test_tiny_run_changes_lora_and_writes_run_dir(tmp_path, algo, extra):
     out = tmp_path / algo
@@ -62,6 +63,9 @@ def test_tiny_run_changes_lora_and_writes_run_dir(tmp_path, algo, extra):
     assert all(0.0 <= r["pass@1"] <= 1.0 for r in evals)
     summary = json.loads((out / "summary.json").read_text())
     assert summary["skills"] == ["gen", "repair", "reason"] and len(summary["R"]) == (3 if extra else 2)
+    if extra:  # sampled pass@1 beside greedy: a second R matrix and its metrics
+        assert all(0.0 <= r["pass@1_sampled"] <= 1.0 for r in evals)
+        assert len(summary["R_sampled"]) == 3 and "forgetting_sampled" in summary
     if extra:  # the second phase protects gen: the projection ran and logged its diagnostics
         protected = [r for r in train if r["phase"] == 1]
         assert all(r["safety/num_protected"] == 1.0 for r in protected)

@@ -11,10 +11,14 @@ fp32 on CPU. QLoRA: a 4-bit base through bitsandbytes when `quantize_4bit=True` 
 from __future__ import annotations
 
 import contextlib
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+
+# raised inside transformers when peft wraps a model; nothing for a user to act on
+warnings.filterwarnings("ignore", message=r".*is_gradient_checkpointing", category=FutureWarning)
 
 BUNDLED_MODEL = Path(__file__).resolve().parent / "assets" / "tiny"
 

@@ -16,11 +16,16 @@ own distribution; at T < 1 RL sharpens the tempered policy the samples came from
 from __future__ import annotations
 
 import time
+import warnings
 from dataclasses import dataclass, field
 
 import torch
 
 from retainrl.policy.model import Policy, token_logprobs
+
+# transformers 5.x renames the cache argument (`cache`) and warns on every forward that passes
+# `past_key_values`; the old name works in every version we support, so say it once, not per token.
+warnings.filterwarnings("ignore", message=r".*`past_key_values` is deprecated", category=FutureWarning)
 
 
 @dataclass

@@ -380,7 +380,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = build_parser().parse_intermixed_args(argv)  # overrides may sit between or after options
     try:
         run_sweep(args.config, args.overrides, args.seeds, args.grid, args.out, args.parallel)
     except ConfigError as e:
