@@ -55,7 +55,11 @@ def cmd_train(args) -> int:
         print(f"config error: {e}", file=sys.stderr)
         return 2
     out = args.out or str(Path("runs") / cfg.name)
-    trainer = Trainer(cfg, out)
+    try:
+        trainer = Trainer(cfg, out)
+    except (ValueError, FileNotFoundError) as e:  # data, skills or ranks that do not fit the config
+        print(f"retainrl train: {e}", file=sys.stderr)
+        return 2
     try:
         summary = trainer.run()
     finally:
@@ -81,7 +85,7 @@ DEMO_METHODS = {
 }
 
 
-def real_benchmark_overrides(data: Path) -> list[str]:
+def real_benchmark_overrides(data: Path) -> list[str] | None:
     """The demo on the real benchmarks instead of the built-in world: gen = HumanEval + MBPP,
     repair = HumanEvalFix + QuixBugs, reason = CRUXEval (output prediction), each split by a
     fixed content hash (30% held out, at most 100 held-out tasks per skill)."""
@@ -89,6 +93,8 @@ def real_benchmark_overrides(data: Path) -> list[str]:
                ("quixbugs", "quixbugs", ""), ("cruxeval", "cruxeval", "")]
     items = ", ".join(f"{{name: {name}, path: '{data / folder}'}}" for name, folder, _ in sources
                       if (data / folder).exists())
+    if not items:
+        return None
     return [f"data.sources=[{items}]", "data.world=false", "data.max_heldout_per_skill=100",
             "sampling.max_new_tokens=256", "eval.max_new_tokens=256"]
 
@@ -118,7 +124,12 @@ def cmd_demo(args) -> int:
         if not Path(args.data).is_dir():
             console.print(f"[red]--data {args.data}: no such folder[/red]")
             return 2
-        extra += real_benchmark_overrides(Path(args.data))
+        real = real_benchmark_overrides(Path(args.data))
+        if real is None:
+            console.print(f"[red]--data {args.data}: none of humaneval/, mbpp/, humanevalpack/, quixbugs/, "
+                          f"cruxeval/ in it[/red]")
+            return 2
+        extra += real
     extra += list(args.overrides)
     t0 = time.monotonic()
     summaries: dict[str, list[dict]] = {}

@@ -40,6 +40,18 @@ def test_skill_from_record_field_constant_and_function(tmp_path):
                                                   ("t3", "tool_shell"), ("t4", "tool_python"), ("t5", "tool_python")]
 
 
+def by_category(task):
+    return task.meta["category"]
+
+
+def test_skill_fn_reads_a_custom_record_field(tmp_path):
+    path = tmp_path / "c.jsonl"
+    path.write_text(json.dumps({"task_id": "a", "prompt": "p", "tests": "assert True", "category": "shell"}) + "\n")
+    tasks = load_source(SourceConfig(name="jsonl", path=str(path), skill_field="category",
+                                     skill_fn="tests.test_sources:by_category"), 0)
+    assert [t.skill for t in tasks] == ["shell"]
+
+
 def test_bad_skill_fn_and_missing_file_name_the_source(tmp_path):
     path = _jsonl(tmp_path / "a.jsonl", 2)
     with pytest.raises(ValueError, match=r"skill_fn 'nope'"):

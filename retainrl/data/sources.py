@@ -84,7 +84,9 @@ def load_source(src: SourceConfig, index: int) -> list[Task]:
     where = f"data.sources[{index}] ({src.name} {src.path})"
     kw = {}
     if src.name == "jsonl":  # a constant skill or a skill_fn makes the record field optional
-        kw = {"skill": src.skill or "unassigned"} if (src.skill or src.skill_fn) else {"skill_field": src.skill_field}
+        kw = {"skill_field": src.skill_field}
+        if src.skill or src.skill_fn:
+            kw["skill"] = src.skill or "unassigned"
     try:
         tasks = load_benchmark(src.name, src.path, **kw)
     except (OSError, ValueError) as e:

@@ -197,10 +197,11 @@ def completion_logprobs(policy: Policy, rollout: Rollout, with_values: bool = Fa
     gradients), for about 1/n of the prompt compute. Gradients flow into the prompt through the
     repeated cache. Rows that are not whole groups of one prompt take the full-row path.
     """
-    if _shares_prompts(rollout) and policy.config.prefix_sharing:
-        logits, values = _shared_prefix_forward(policy, rollout, with_values)
+    shared = _shared_prefix_forward(policy, rollout, with_values) \
+        if _shares_prompts(rollout) and policy.config.prefix_sharing else None
+    if shared is not None:
+        comp_logits, values = shared
         ids = rollout.completion_ids.to(policy.device)
-        comp_logits = logits
     else:
         full_ids, mask = rollout.full()
         full_ids, mask = full_ids.to(policy.device), mask.to(policy.device)
@@ -210,7 +211,7 @@ def completion_logprobs(policy: Policy, rollout: Rollout, with_values: bool = Fa
         values = values[:, P - 1:-1] if values is not None else None
         ids = full_ids[:, P:]
     if rollout.temperature != 1.0:
-        comp_logits = comp_logits / rollout.temperature
+        comp_logits = comp_logits.float() / rollout.temperature
     logprobs = token_logprobs(comp_logits, ids)
     return logprobs, values, (comp_logits if with_logits else None)
 
@@ -224,7 +225,8 @@ def _shares_prompts(rollout: Rollout) -> bool:
 
 
 def _shared_prefix_forward(policy: Policy, rollout: Rollout, with_values: bool):
-    """(logits (B, T, V) predicting each completion token, values (B, T) or None).
+    """(logits (B, T, V) predicting each completion token, values (B, T) or None), or None when
+    the model does not return a cache object that can be repeated (then the caller runs full rows).
 
     One forward over the G = B / n distinct prompts with use_cache, the cache repeated n times
     along the batch, then one forward over the (B, T) completions with positions continuing
@@ -237,6 +239,8 @@ def _shared_prefix_forward(policy: Policy, rollout: Rollout, with_values: bool):
     first = policy.model(input_ids=prompt_ids, attention_mask=prompt_mask, position_ids=position, use_cache=True,
                          output_hidden_states=with_values)
     cache = first.past_key_values
+    if not hasattr(cache, "batch_repeat_interleave"):  # a legacy tuple cache (older transformers)
+        return None
     cache.batch_repeat_interleave(n)
     comp_ids, comp_mask = rollout.completion_ids.to(dev), rollout.completion_mask.to(dev)
     T = comp_ids.shape[1]

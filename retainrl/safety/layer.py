@@ -112,7 +112,8 @@ class SafetyLayer:
             return list(current)
         if self.cfg.protect == "earlier":
             return [s for p in t.phases[:t.phase] for s in p if s not in current]
-        return [s for s in t.skills if s not in current]
+        # "others": every skill not trained now that has training prompts to estimate a gradient from
+        return [s for s in t.skills if s not in current and t.train_tasks.get(s)]
 
     def active_skills(self) -> list[str]:
         prot = self.protected_skills()
@@ -120,12 +121,20 @@ class SafetyLayer:
             return prot
         t = self.trainer
         out = []
+        # the memory reward comes from this rank's own rollouts: under data parallelism a
+        # constraint is on when it is on for any rank, so every rank projects on the same set
+        from retainrl.train.distributed import all_sum
+
+        refs, nows = {}, {}
         for s in prot:
             curve = t.curves.get(s) or []
-            ref = self.reference.setdefault(s, max(curve) if curve else 0.0)
-            now = (self.memories[s].mean_reward if self.cfg.trigger_source == "memory" and s in self.memories
-                   else (curve[-1] if curve else ref))
-            on = (ref - now) > self.cfg.tau
+            refs[s] = self.reference.setdefault(s, max(curve) if curve else 0.0)
+            nows[s] = (self.memories[s].mean_reward if self.cfg.trigger_source == "memory" and s in self.memories
+                       else (curve[-1] if curve else refs[s]))
+        votes = all_sum([float((refs[s] - nows[s]) > self.cfg.tau) for s in prot])
+        for s, vote in zip(prot, votes):
+            ref, now = refs[s], nows[s]
+            on = vote > 0
             if on and not self.triggered.get(s):
                 self.events.append({"step": t.global_step + 1, "skill": s, "reference": ref, "value": now})
             self.triggered[s] = on

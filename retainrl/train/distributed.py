@@ -7,11 +7,14 @@ What each rank does, and why the ranks cannot drift apart:
 - Task sampling draws the *global* step batch on every rank from the same seeded sampler, then
   rank r keeps prompts r, r + W, r + 2W, ... (W ranks), so the sampler state is identical on
   all ranks and equal to a single-process run's. Rollouts use a per-rank seed.
-- Loss denominators (tokens, sequences) are summed over ranks and divided by W, so that the
-  mean of the ranks' gradients equals the gradient of one process on the global batch
-  (tests/test_train_ddp.py); gradients are then all-reduced (mean), exactly what DDP's
-  bucketed all-reduce computes, before the NaN check, clipping and the optimizer step. The
-  skill-safe layer all-reduces its per-skill gradients the same way.
+- Loss denominators (tokens, sequences) are summed over ranks, so each rank's loss is its share
+  of the global-batch loss and the *sum* of the ranks' gradients (one flat all-reduce, what
+  DDP's bucketed all-reduce computes up to its 1/W) equals the gradient of one process on the
+  global batch (tests/test_train_ddp.py), before the NaN check, clipping and the optimizer
+  step. The skill-safe layer all-reduces its per-skill gradients; trigger decisions and the
+  EWC Fisher are made identical on every rank.
+- Limitation: PPO whitens its GAE advantages per rank, so PPO under data parallelism is not
+  exactly the single-process update (GRPO and RLOO are: their groups live on one rank).
 - Evaluation is sharded (task i on rank i mod W) and the counts summed.
 - Only rank 0 writes metrics.jsonl, TensorBoard, summary.json and checkpoints; every rank
   resumes from the same checkpoint. After the run the ranks compare a checksum of their
@@ -53,7 +56,8 @@ def setup() -> DistInfo:
         cuda = torch.cuda.is_available()
         if cuda:
             torch.cuda.set_device(local)
-        dist.init_process_group(backend="nccl" if cuda else "gloo")
+        # NCCL for the CUDA tensors (gradients), gloo for the small CPU tensors (counts, checks)
+        dist.init_process_group(backend="cpu:gloo,cuda:nccl" if cuda else "gloo")
     return DistInfo(rank=rank, world=world, local_rank=local)
 
 
@@ -75,13 +79,15 @@ def all_sum(values: list[float]) -> list[float]:
     return t.tolist()
 
 
-def average_gradients(params: list[torch.nn.Parameter]) -> None:
-    """p.grad <- mean over ranks of p.grad, as one flat all-reduce (a missing grad counts as 0)."""
+def sum_gradients(params: list[torch.nn.Parameter]) -> None:
+    """p.grad <- sum over ranks of p.grad, as one flat all-reduce (a missing grad counts as 0).
+
+    The losses are divided by *global* denominators (tokens or sequences of the whole batch),
+    so the sum of the ranks' gradients is the gradient of one process on the global batch."""
     if not is_active():
         return
     flat = torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1) for p in params])
     dist.all_reduce(flat, op=dist.ReduceOp.SUM)
-    flat /= dist.get_world_size()
     offset = 0
     for p in params:
         n = p.numel()

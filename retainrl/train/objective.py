@@ -92,6 +92,9 @@ class EWC(Method):
             return
         fisher = estimate_fisher(self.policy, trainer.sampler, sorted(set(done)), self.cfg.method.ewc_prompts,
                                  trainer.cfg.sampling, seed=trainer.cfg.seed * 7919 + trainer.phase)
+        from retainrl.safety.layer import allreduce_mean
+
+        fisher = {n: allreduce_mean(f) for n, f in fisher.items()}  # identical on every rank
         if self.fisher is None:
             self.fisher = fisher
         else:
@@ -193,12 +196,15 @@ def update(trainer, rollout: Rollout) -> dict:
     adv, returns, adv_metrics = compute_advantages(rl, rollout.rewards, group, mask, old_values)
     adv = adv.to(policy.device)
     if rl.drop_uninformative and not ppo and rl.kl_coef == 0 and rl.entropy_coef == 0:
-        # zero-advantage groups contribute exactly zero policy gradient; dropping them changes
-        # only the aggregation denominator (now: informative tokens only) and saves their compute
-        keep = [r for r in range(B) if bool((adv[(r // group) * group:(r // group + 1) * group] != 0).any())]
+        # groups whose rewards are all equal have zero advantages, hence exactly zero policy
+        # gradient; dropping them changes only the aggregation denominator (now: informative
+        # tokens only) and saves their compute
+        r = rollout.rewards.view(-1, group)
+        informative = (r != r[:, :1]).any(dim=1)  # some reward differs from the first in the group
+        keep = [i for i in range(B) if bool(informative[i // group])]
         adv_metrics["update/informative_frac"] = torch.tensor(len(keep) / max(1, B))
         informative_anywhere = distributed.all_sum([float(len(keep))])[0] > 0  # the same answer on every rank
-        if not informative_anywhere and trainer.safety is None and trainer.method.penalty() is None:
+        if not informative_anywhere and trainer.method.penalty() is None:
             out = {k: float(v) for k, v in adv_metrics.items()}
             out.update({"skipped": False, "update/no_signal": 1.0})
             return out  # no gradient at all: Adam must not take a step on zeros
@@ -213,11 +219,10 @@ def update(trainer, rollout: Rollout) -> dict:
         with policy.reference():
             ref_lp, _ = _forward_no_grad(policy, rollout, False, rows_per_micro)
     counts = aggregation_counts(mask)
-    # Denominators of the *global* batch; under data parallelism divided by the rank count, so
-    # that the mean of the ranks' gradients (average_gradients) is the global-batch gradient.
-    world = torch.distributed.get_world_size() if distributed.is_active() else 1
-    n_tokens, n_seqs = (torch.tensor(v / world) for v in distributed.all_sum([float(counts["num_tokens"]),
-                                                                            float(counts["num_seqs"])]))
+    # Denominators of the *global* batch: under data parallelism the sum of the ranks' gradients
+    # (sum_gradients) is then the global-batch gradient.
+    n_tokens, n_seqs = (torch.tensor(v) for v in distributed.all_sum([float(counts["num_tokens"]),
+                                                                     float(counts["num_seqs"])]))
     agg = dict(agg=rl.aggregation, num_tokens_global=n_tokens, num_seqs_global=n_seqs,
                max_len=cfg.sampling.max_new_tokens)
     params = policy.trainable_parameters()
@@ -253,7 +258,7 @@ def update(trainer, rollout: Rollout) -> dict:
             for k, v in metrics.items():
                 sums[k] = sums.get(k, 0.0) + float(v)
             n_terms += 1
-        distributed.average_gradients(params)
+        distributed.sum_gradients(params)
         if distributed.all_sum([float(skipped)])[0] > 0:  # one rank's NaN loss skips the step everywhere
             skipped = True
             break

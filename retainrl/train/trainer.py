@@ -223,8 +223,12 @@ class Trainer:
     def _evaluate(self, log: MetricsLog, tb: Fanout, progress, kind: str) -> list[float]:
         d = self.dist
         shard = {s: tasks[d.rank::d.world] for s, tasks in self.heldout.items()}
-        res = evaluate(self.policy, shard, self.sandbox, self.eval_sampling, ks=tuple(self.cfg.eval.pass_k),
-                       n_samples=self.cfg.eval.n_samples, seed=step_seed(self.cfg.seed, self.global_step, "eval"))
+        ks, n_samples = tuple(self.cfg.eval.pass_k), self.cfg.eval.n_samples
+        res = evaluate(self.policy, {s: t for s, t in shard.items() if t}, self.sandbox, self.eval_sampling, ks=ks,
+                       n_samples=n_samples, seed=step_seed(self.cfg.seed, self.global_step, "eval"))
+        for s, t in shard.items():  # a rank whose shard of a skill is empty still joins the merge
+            if not t:
+                res[s] = _empty_eval(ks, n_samples)
         if d.active:
             res = {s: _merge_eval(r) for s, r in res.items()}
         row, sampled_row = [], []
@@ -292,11 +296,12 @@ class Trainer:
         if stats.get("skipped"):
             self.counters["skipped_steps"] += 1
         per_skill = {f"reward/{s}": tot[5 + 2 * k] / max(1.0, tot[6 + 2 * k]) for k, s in enumerate(batch_skills)}
-        return {"kind": "train", "step": self.global_step, "phase": self.phase, "skills": skills,
+        # stats first: its reward/adv/policy numbers are this rank's; the batch totals override
+        return {**stats, "kind": "train", "step": self.global_step, "phase": self.phase, "skills": skills,
                 "reward/mean": reward_sum / max(1.0, n_samples), **per_skill,
                 "tokens": int(tokens), "length/mean": tokens / max(1.0, n_samples),
                 "verifier_errors": int(errors), "time/rollout_s": t1 - t0, "time/verify_s": t2 - t1,
-                "time/update_s": time.monotonic() - t2, **stats}
+                "time/update_s": time.monotonic() - t2}
 
 
 class CountingLog:
@@ -313,6 +318,15 @@ class CountingLog:
         pass
 
 
+def _empty_eval(ks: tuple[int, ...], n_samples: int) -> dict:
+    """What an empty shard contributes to _merge_eval: the same keys, n = 0."""
+    out = {"pass@1": 0.0, "n": 0, "tokens": 0, "gen_s": 0.0, "verify_s": 0.0, "verify_cpu_s": 0.0, "errors": 0}
+    if n_samples > 0:
+        out["pass@1_sampled"] = 0.0
+        out.update({f"pass@{k}": 0.0 for k in ks if 1 < k <= n_samples})
+    return out
+
+
 def _merge_eval(r: dict) -> dict:
     """One skill's evaluation of this rank's shard -> the whole held-out set's (sums over ranks)."""
     n_local = r["n"]
@@ -323,5 +337,5 @@ def _merge_eval(r: dict) -> dict:
     out = {k: sums[i] / max(1.0, n) for i, k in enumerate(keys)}
     rest = sums[len(keys):]
     out.update({"n": int(n), "tokens": int(rest[1]), "verify_cpu_s": rest[2], "errors": int(rest[3]),
-                "gen_s": rest[4], "verify_s": rest[5]})
+                "gen_s": rest[4], "verify_s": rest[5]})  # times: summed over ranks (CPU-seconds)
     return out
