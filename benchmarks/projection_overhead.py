@@ -8,7 +8,9 @@ clip, and either opt.step() or the safety layer's step) on one fixed rollout bat
 8 samples, completions of the bundled model), after the memories were filled once (memory
 refreshes are amortised over `refresh_every` steps and timed separately). Reported: median
 update seconds per variant, the ratio to plain, and the time inside `project_with_info`
-itself as a fraction of the step. Goal (issue 5): <= 1.15x with 2 protected skills; the
+itself as a fraction of the step. Each round also times the rest of a full step once (a fresh
+rollout of the same 8 prompts x 8 and its verification, identical work for every variant), so
+the full-step ratio is (rollout + verify + safe update) / (rollout + verify + plain update). Goal (issue 5): <= 1.15x with 2 protected skills; the
 projection itself < 1% of the step.
 """
 
@@ -78,7 +80,13 @@ def main() -> None:
         safety_layer.project_with_info = timed
         times = {"plain": [], "safe-2": [], "safe-4": []}
         proj_frac = {"safe-2": [], "safe-4": []}
+        rest_s = []
         for r in range(1 if args.quick else args.rounds):
+            t0 = time.perf_counter()
+            fresh = generate(plain.policy, [x.prompt for x in tasks], n=8, cfg=plain.cfg.sampling, seed=100 + r)
+            verify_many(sb, [(tasks[i], s) for i, s in zip(fresh.task_index, fresh.texts)])
+            rest_s.append(time.perf_counter() - t0)
+            print(f"round {r + 1}: rollout + verify {rest_s[-1]:.3f} s", flush=True)
             for name in times:
                 if name == "plain":
                     t = plain
@@ -96,17 +104,22 @@ def main() -> None:
                     proj_frac[name].append(proj_time[0] / dt)
                 print(f"round {r + 1}: {name:7s} update {dt:.3f} s", flush=True)
     med = {k: statistics.median(v) for k, v in times.items()}
+    rest = statistics.median(rest_s)
     result = {"update_s_median": med, "ratio_to_plain": {k: med[k] / med["plain"] for k in med},
+              "rollout_verify_s_median": rest,
+              "full_step_ratio_to_plain": {k: (rest + med[k]) / (rest + med["plain"]) for k in med},
               "projection_fraction_median": {k: statistics.median(v) for k, v in proj_frac.items()},
               "memory_refresh_s_two_skills": refresh_s, "rounds": times,
               "batch": "8 prompts x 8 samples, bundled tiny model, 2 torch threads",
               "memory": "8 prompts x 4 samples = 32 samples per protected skill"}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=2))
-    print(f"\n{'variant':8s} {'update s':>9s} {'x plain':>8s} {'projection share':>17s}")
+    print(f"\nrollout + verify (every variant): {rest:.3f} s")
+    print(f"{'variant':8s} {'update s':>9s} {'x plain':>8s} {'full step x plain':>18s} {'projection share':>17s}")
     for k in med:
         share = result["projection_fraction_median"].get(k)
-        print(f"{k:8s} {med[k]:9.3f} {med[k] / med['plain']:8.2f} {('%.2f%%' % (100 * share)) if share else '-':>17s}")
+        print(f"{k:8s} {med[k]:9.3f} {med[k] / med['plain']:8.2f} {result['full_step_ratio_to_plain'][k]:18.2f} "
+              f"{('%.2f%%' % (100 * share)) if share else '-':>17s}")
     print(f"memory refresh (2 skills x 32 samples, amortised over refresh_every steps): {refresh_s:.2f} s")
     print(f"wrote {args.out}")
 

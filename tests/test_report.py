@@ -293,3 +293,18 @@ def test_mixed_protocol_has_no_forgetting(tmp_path):
     assert all(r[head.index("forgetting ↓")] == "–" for r in rows)
     assert not any("**" in cell for r in rows for cell in r)  # identical runs: all tied, nothing bold
     assert "tab:retention" in files["tables.tex"].read_text()
+
+
+def test_demo_layout_labels_groups_by_folder_name(tmp_path):
+    """OUT/<name>/seed<k>/ (retainrl demo): the folder names label the groups, not the config
+    difference (`safety.enabled=true, eps=0.1`)."""
+    from retainrl.report import discover
+
+    for name, method in (("plain", "plain"), ("safe-eps0.1", "plain"), ("kl", "plain")):
+        for seed in (0, 1):
+            make_run(tmp_path / name / f"seed{seed}", method, seed, config=True)
+            if name != "plain":  # the config difference the folder name stands for
+                cfg = tmp_path / name / f"seed{seed}" / "config.yaml"
+                cfg.write_text(cfg.read_text() + ("safety:\n  eps: 0.1\n" if "eps" in name else "kl: 0.05\n"))
+    runs = discover(tmp_path)
+    assert sorted(g.label for g in runs.groups) == ["kl", "plain", "safe-eps0.1"]

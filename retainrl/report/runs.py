@@ -229,4 +229,12 @@ def discover(path) -> RunSet:
     if not found:
         raise ValueError(f"no run under {root}: expected summary.json (a run), sweep.json (a sweep) "
                          "or run folders below it")
-    return RunSet(root, "folder", _finish(_group_folder([load_run(p) for p in found])))
+    groups = _finish(_group_folder([load_run(p) for p in found]))
+    # OUT/<name>/seed<k>/ (the demo's layout): when the folders are the groups, their names are
+    # the labels the user chose ("plain", "safe-eps0.1"), shorter than any config difference
+    parents = [{Path(r.path).parent.name for r in g.runs} for g in groups]
+    names = [next(iter(p)) for p in parents if len(p) == 1]
+    if len(names) == len(groups) and len(set(names)) == len(names) and all(n != root.name for n in names):
+        for g, name in zip(groups, names):
+            g.label = name
+    return RunSet(root, "folder", groups)
