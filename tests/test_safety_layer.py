@@ -78,3 +78,38 @@ def test_hand_computed_projection_of_sgd_step():
     applied, _ = safe_step([p], opt, g, G, 0.0, "absolute", "step", "exact")
     assert torch.allclose(applied, torch.tensor([-0.25, -0.25]))
     assert torch.allclose(flat_params([p]), torch.tensor([-0.25, -0.25]))
+
+
+def test_memory_surrogate_skips_zero_advantage_groups_exactly():
+    """SkillMemory.surrogate runs only groups with some non-zero advantage; J_s and its gradient
+    equal the all-rows token mean (the skipped rows contribute exact zeros)."""
+    from retainrl.policy.model import ModelConfig, load_policy
+    from retainrl.policy.rollout import SamplingConfig, completion_logprobs, generate
+    from retainrl.rl.losses import aggregate
+    from retainrl.safety.estimates import SkillMemory
+
+    torch.manual_seed(0)
+    policy = load_policy(ModelConfig(name_or_path="bundled", threads=1))
+    with torch.no_grad():
+        for n, p in policy.named_trainable().items():
+            if "lora_B" in n:
+                p.normal_(0, 0.02)
+    mem = SkillMemory("gen", [None] * 3, 3, 4, seed=0)
+    mem.rollout = generate(policy, ["def f(x):", "assert", "x = 1"], n=4, cfg=SamplingConfig(max_new_tokens=6), seed=0)
+    mem.advantages = torch.tensor([1.0, -1.0, 0.5, -0.5, 0, 0, 0, 0, -1.0, 1.0, 0.0, 0.0])  # group 2 all zero
+    with torch.no_grad():
+        mem.behaviour = completion_logprobs(policy, mem.rollout)[0] - 0.01
+    rows = list(range(12))
+    params = policy.trainable_parameters()
+    J = mem.surrogate(policy, rows, is_clip=2.0)
+    g = torch.autograd.grad(J, params, allow_unused=True)
+    lp, _, _ = completion_logprobs(policy, mem.rollout)  # every row, by hand
+    ratio = torch.exp(lp - mem.behaviour).clamp(max=2.0)
+    J_ref = aggregate(ratio * mem.advantages[:, None], mem.rollout.completion_mask, "token_mean")
+    g_ref = torch.autograd.grad(J_ref, params, allow_unused=True)
+    assert torch.allclose(J, J_ref, atol=1e-6)
+    for a, b in zip(g, g_ref):
+        if a is None or b is None:
+            assert a is None and b is None
+        else:
+            assert torch.allclose(a, b, atol=1e-6)

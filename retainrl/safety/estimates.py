@@ -60,11 +60,20 @@ class SkillMemory:
         return [p * self.samples + j for p in prompts for j in range(self.samples)]
 
     def surrogate(self, policy, rows: list[int], is_clip: float) -> torch.Tensor:
-        """J_s on the given rows (with gradient)."""
-        sub = self.rollout.select(rows)
-        idx = torch.tensor(rows)
+        """J_s on the given rows (with gradient).
+
+        Rows of groups whose advantages are all zero add exactly zero to J_s and its gradient,
+        so they are not run; the token-mean denominator still counts every given row, so the
+        value is the same as over all rows."""
+        n_tokens = int(self.rollout.completion_mask[torch.tensor(rows)].sum())
+        live = [r for r in rows if bool((self.advantages[(r // self.samples) * self.samples:
+                                                         (r // self.samples + 1) * self.samples] != 0).any())]
+        if not live:  # no signal in these rows: J_s = 0, no gradient
+            return torch.zeros((), requires_grad=True)
+        sub = self.rollout.select(live)
+        idx = torch.tensor(live)
         lp, _, _ = completion_logprobs(policy, sub)
         mask = sub.completion_mask.to(lp.device)
         ratio = torch.exp(lp - self.behaviour[idx].to(lp.device)).clamp(max=is_clip)
         adv = self.advantages[idx].to(lp.device)[:, None]
-        return aggregate(ratio * adv, mask, "token_mean")
+        return aggregate(ratio * adv, mask, "token_mean", num_tokens_global=torch.tensor(max(1, n_tokens)))
