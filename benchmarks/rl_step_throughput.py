@@ -268,6 +268,10 @@ def run_config(args):
         if "backend" not in {f.name for f in dataclasses.fields(SamplingConfig)}:
             raise SystemExit("--retainrl-backend: this retainrl's SamplingConfig has no `backend` field")
         extra["backend"] = args.retainrl_backend
+    # The same work as TRL, which back-propagates every group: retainrl's filter of groups whose
+    # rewards are all equal (on by default) would skip most of the update on a random model.
+    rl_extra = {"drop_uninformative": False} if "drop_uninformative" in {f.name for f in dataclasses.fields(RLConfig)} \
+        else {}
     return RunConfig(
         name="rl_step_throughput", seed=args.seed,
         model=ModelConfig(name_or_path=args.model_dir, lora_r=8, lora_alpha=16, lora_dropout=0.0,
@@ -276,7 +280,7 @@ def run_config(args):
         rl=RLConfig(algo="grpo", lr=args.lr, weight_decay=0.0, optimizer="adamw", prompts_per_step=args.prompts,
                     samples_per_prompt=args.group, micro_batch_prompts=args.prompts, epochs=1, clip_low=0.2,
                     clip_high=0.2, aggregation="token_mean", kl_coef=0.0, entropy_coef=0.0, max_grad_norm=1.0,
-                    reward="binary", scale_by_std=True),
+                    reward="binary", scale_by_std=True, **rl_extra),
         protocol=ProtocolConfig(kind="mixed", phases=list(SKILLS), steps_per_phase=args.warmup + args.steps),
         world=WorldDataConfig(**WORLD), sandbox_workers=args.workers, tensorboard=False, progress=False)
 
