@@ -145,3 +145,28 @@ def test_demo_real_benchmark_option_builds_three_skills_from_five_benchmarks():
     assert len(held["gen"]) == len(held["reason"]) == 100 and 40 < len(held["repair"]) < 100  # capped at 100
     train_ids = {t.content_hash() for s in train for t in train[s]}
     assert not train_ids & {t.content_hash() for s in held for t in held[s]}
+
+
+@pytest.mark.skipif(not (DATA / "humaneval").exists(), reason="../shared/data not present")
+def test_demo_with_a_model_directory_and_the_real_benchmarks(tmp_path):
+    """`retainrl demo --model DIR --data ../shared/data`: the non-bundled path end to end (a
+    random tiny Llama saved to disk stands in for a real checkpoint), both methods, a report."""
+    from retainrl import cli
+    from tests.tiny_models import make_tiny
+
+    model = make_tiny("llama", tmp_path / "model")
+    out = tmp_path / "demo"
+    rc = cli.main(["demo", "--model", model, "--data", str(DATA), "--methods", "plain,safe", "--out", str(out),
+                   "protocol.steps_per_phase=1", "data.max_heldout_per_skill=3", "sampling.max_new_tokens=8",
+                   "eval.max_new_tokens=8", "eval.every=0", "rl.prompts_per_step=2", "rl.samples_per_prompt=2",
+                   "rl.micro_batch_prompts=2", "safety.memory_prompts=2", "safety.memory_samples=2",
+                   "safety.batch_prompts=2", "progress=false", "model.threads=1"])
+    assert rc == 0
+    for method in ("plain", "safe"):
+        summary = json.loads((out / method / "seed0" / "summary.json").read_text())
+        assert summary["skills"] == ["gen", "repair", "reason"] and len(summary["R"]) == 4
+        evals = [json.loads(x) for x in (out / method / "seed0" / "metrics.jsonl").read_text().splitlines()
+                 if '"eval"' in x]
+        assert {e["n"] for e in evals} == {3}
+    assert (out / "report" / "report.html").exists()
+    assert "model" in (out / "plain" / "seed0" / "config.yaml").read_text()

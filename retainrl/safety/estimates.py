@@ -69,7 +69,7 @@ class SkillMemory:
         live = [r for r in rows if bool((self.advantages[(r // self.samples) * self.samples:
                                                          (r // self.samples + 1) * self.samples] != 0).any())]
         if not live:  # no signal in these rows: J_s = 0, no gradient
-            return torch.zeros((), requires_grad=True)
+            return torch.zeros((), requires_grad=torch.is_grad_enabled())
         sub = self.rollout.select(live)
         idx = torch.tensor(live)
         lp, _, _ = completion_logprobs(policy, sub)

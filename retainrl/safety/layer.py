@@ -171,7 +171,7 @@ class SafetyLayer:
             J = mem.surrogate(t.policy, rows, cfg.is_clip)
             (-J).backward()
             G_rows.append(allreduce_mean(flat_grad(params)))
-            rows_used[s], J_before[s] = rows, float(J)
+            rows_used[s], J_before[s] = rows, float(J.detach())
             metrics[f"safety/memory_reward/{s}"] = mem.mean_reward
         G = torch.stack(G_rows)
         applied, pm = safe_step(params, t.opt, g, G, self._eps(skills), cfg.eps_mode, cfg.space, cfg.solver)
