@@ -22,6 +22,7 @@ with the same content hash are kept once.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import importlib
 from dataclasses import dataclass
@@ -107,14 +108,8 @@ def load_source(src: SourceConfig, index: int) -> list[Task]:
             if not isinstance(skill, str) or not skill:
                 raise ValueError(f"{where}: skill_fn returned {skill!r} for task {task.task_id!r}; expected a "
                                  f"non-empty str or None")
-        out.append(task if skill == task.skill else _with_skill(task, skill))
+        out.append(task if skill == task.skill else dataclasses.replace(task, skill=skill))
     return out
-
-
-def _with_skill(task: Task, skill: str) -> Task:
-    import dataclasses
-
-    return dataclasses.replace(task, skill=skill)
 
 
 def load_sources(cfg: DataConfig) -> tuple[dict[str, list[Task]], dict[str, list[Task]]]:

@@ -27,6 +27,7 @@ import torch
 
 from retainrl.safety.estimates import SkillMemory
 from retainrl.safety.project import project_sequential, project_with_info
+from retainrl.train.distributed import all_sum
 
 
 def flat_grad(params) -> torch.Tensor:
@@ -123,8 +124,6 @@ class SafetyLayer:
         out = []
         # the memory reward comes from this rank's own rollouts: under data parallelism a
         # constraint is on when it is on for any rank, so every rank projects on the same set
-        from retainrl.train.distributed import all_sum
-
         refs, nows = {}, {}
         for s in prot:
             curve = t.curves.get(s) or []

@@ -25,10 +25,11 @@ import math
 import torch
 
 from retainrl.policy.rollout import Rollout, SamplingConfig, completion_logprobs, generate
-from retainrl.train import distributed
 from retainrl.rl.advantages import gae_advantages, grpo_advantages, rloo_advantages
 from retainrl.rl.losses import (aggregation_counts, clipped_policy_loss, entropy_bonus, kl_penalty,
                                 policy_objective, reinforce_loss, value_loss)
+from retainrl.safety.layer import allreduce_mean
+from retainrl.train import distributed
 
 
 # ----------------------------------------------------------------------------------------
@@ -92,8 +93,6 @@ class EWC(Method):
             return
         fisher = estimate_fisher(self.policy, trainer.sampler, sorted(set(done)), self.cfg.method.ewc_prompts,
                                  trainer.cfg.sampling, seed=trainer.cfg.seed * 7919 + trainer.phase)
-        from retainrl.safety.layer import allreduce_mean
-
         fisher = {n: allreduce_mean(f) for n, f in fisher.items()}  # identical on every rank
         if self.fisher is None:
             self.fisher = fisher
