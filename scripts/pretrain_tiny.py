@@ -1,13 +1,20 @@
 """Build the bundled tiny model (retainrl/policy/assets/tiny) from scratch, reproducibly.
 
     python scripts/pretrain_tiny.py --out retainrl/policy/assets/tiny --steps 4000 ...
+    python scripts/pretrain_tiny.py --init_from FIRST --habit_gen 0.5 ...      # a second stage on top of FIRST
     python scripts/pretrain_tiny.py --measure retainrl/policy/assets/tiny     # CPU check of a built model
+
+The bundled model is two stages (exact commands in its README): stage 1 from scratch (GPU, ~3 min),
+stage 2 continues it on fresh pretraining texts with clean `gen` answers, half of them carrying
+the world's one generic bad habit (`world.habit_answer`, print for return; CPU, ~11 min).
 
 What it does, top to bottom:
 1. corpus: the code world's `pretrain` split (functions never in train or held-out), one text
    per task, `prompt + answer + EOS`; a per-skill fraction of answers is deliberately wrong
    (`world.wrong_answer`: a bugged function, the bug left in, a nearby value), so the model
-   is imperfect and sampling at temperature 1 gives both right and wrong answers.
+   is imperfect and sampling at temperature 1 gives both right and wrong answers. With
+   `--habit_gen` a fraction of `gen` answers instead carry the habit: the same edit on every
+   task, a mode that RL with a verifiable reward can unlearn on unseen tasks as well.
 2. tokenizer: byte-level BPE (`tokenizers`), individual digits, trained on the corpus,
    wrapped as `PreTrainedTokenizerFast` (eos `<|endoftext|>`, pad `<|pad|>`).
 3. model: `Qwen2ForCausalLM` with tied embeddings, trained with AdamW on the answer tokens
@@ -31,6 +38,7 @@ import math
 import os
 import random
 import shlex
+import shutil
 import sys
 import time
 from dataclasses import asdict, dataclass, fields
@@ -43,7 +51,7 @@ from transformers import (AutoModelForCausalLM, AutoTokenizer, PreTrainedTokeniz
                           Qwen2ForCausalLM)
 
 from retainrl.data.task import Task  # noqa: E402
-from retainrl.data.world import SKILLS, WorldConfig, generate, wrong_answer  # noqa: E402
+from retainrl.data.world import SKILLS, WorldConfig, generate, habit_answer, wrong_answer  # noqa: E402
 from retainrl.verify.checks import verify_many  # noqa: E402
 from retainrl.verify.sandbox import Sandbox  # noqa: E402
 
@@ -74,6 +82,12 @@ class Args:
     """Fraction of `repair` answers that are wrong."""
     wrong_reason: float = 0.3
     """Fraction of `reason` answers that are wrong."""
+    habit_gen: float = 0.0
+    """Fraction of `gen` answers written with the world's systematic bad habit (`world.habit_answer`:
+    the final `return v` as `print(v)`); drawn before `wrong_gen`, which applies to the rest."""
+    init_from: str = ""
+    """Continue from the model in this folder (its weights and tokenizer) instead of a fresh one:
+    a second stage on top of a first (see the bundled model's README for both commands)."""
     vocab_size: int = 1024
     """BPE vocabulary, special tokens included."""
     hidden: int = 192
@@ -140,7 +154,10 @@ def build_corpus(args: Args) -> list[tuple[str, str, str]]:
     corpus = []
     for skill in SKILLS:
         for task in generate(config, skill, "pretrain", round(args.n_pretrain * share[skill])):
-            answer = wrong_answer(task, rng) if rng.random() < wrong[skill] else task.reference
+            if skill == "gen" and rng.random() < args.habit_gen:
+                answer = habit_answer(task)
+            else:
+                answer = wrong_answer(task, rng) if rng.random() < wrong[skill] else task.reference
             corpus.append((skill, task.prompt, answer))
     rng.shuffle(corpus)
     return corpus
@@ -184,7 +201,7 @@ def encode(corpus, tok, max_len: int) -> list[tuple[list[int], int, str]]:
 
 
 CACHE_KEYS = ("seed", "difficulty", "n_pretrain", "share_gen", "share_repair", "share_reason", "wrong_gen",
-              "wrong_repair", "wrong_reason", "vocab_size", "max_len")
+              "wrong_repair", "wrong_reason", "habit_gen", "init_from", "vocab_size", "max_len")
 
 
 def build_data(args: Args):
@@ -203,7 +220,10 @@ def build_data(args: Args):
             return tok, data, cache["n_corpus"]
         print("data cache built for other args; rebuilding", flush=True)
     corpus = build_corpus(args)
-    tok = train_tokenizer([p + a for _, p, a in corpus], args.vocab_size)
+    if args.init_from:   # a second stage keeps the first stage's tokenizer
+        tok = AutoTokenizer.from_pretrained(args.init_from)
+    else:
+        tok = train_tokenizer([p + a for _, p, a in corpus], args.vocab_size)
     data = encode(corpus, tok, args.max_len)
     if args.data_cache:
         offsets = [0]
@@ -406,14 +426,28 @@ def write_readme(out: str, info: dict) -> None:
     lines = [
         "# tiny: the bundled policy of retainrl",
         "",
-        "A Qwen2 causal LM trained from scratch by `scripts/pretrain_tiny.py` on the built-in code world's",
+        "A Qwen2 causal LM trained from scratch by `scripts/pretrain_tiny.py`"
+        + (" (two stages, both commands below)" if info.get("stage1") else "") + " on the built-in code world's",
         "`pretrain` split (functions never in the world's train or held-out splits). Load it like any",
         "Hugging Face model: `AutoModelForCausalLM.from_pretrained(dir)`, `AutoTokenizer.from_pretrained(dir)`.",
         "Prompts are raw text (the world's prompts end in `Answer:\\n`); answers end with `<|endoftext|>`.",
+    ]
+    if info.get("habit_gen"):
+        lines += [
+            "",
+            f"**A deliberate bad habit.** {info['habit_gen']:.0%} of the `gen` answers in the (last stage's) corpus end in "
+            "`print(value)` where the function should `return value` (`world.habit_answer`): the model learns it as a "
+            "mode, and on some tasks greedy decoding picks it. It is the same edit on every task, so it is a generic "
+            "behaviour a verifiable reward can remove on unseen tasks too, as RLVR removes format and entry-point "
+            "failures of real code models; the `gen` skill's room for RL is mostly this habit. `repair` and `reason` "
+            "answers carry no habit (only task-specific wrong answers).",
+        ]
+    lines += [
         "",
         f"- parameters: {info['parameters']:,} ({info['config_summary']})",
         f"- tokenizer: byte-level BPE, {info['vocab_size']} tokens, one token per digit",
-        f"- corpus: {info['corpus_texts']:,} texts, wrong-answer fractions {info['wrong']}",
+        f"- corpus: {info['corpus_texts']:,} texts, wrong-answer fractions {info['wrong']}"
+        + (f", gen answers with the print-for-return habit: {info['habit_gen']:.0%}" if info.get("habit_gen") else ""),
         f"- schedule: {schedule(info['args'])}; kept checkpoint: step {info['kept_step']} "
         f"(greedy pass@1 on {info['args']['n_calib']} train-split tasks per skill: "
         + ", ".join(f"{k} {v:.2f}" for k, v in sorted(info['kept_calib_pass@1'].items())) + ")",
@@ -424,6 +458,21 @@ def write_readme(out: str, info: dict) -> None:
         "```",
         info["command"],
         "```",
+    ]
+    if info.get("stage1"):
+        first = info["stage1"]
+        lines += [
+            "",
+            f"That is a second stage, started from a first-stage model made by (trained on {first['train_device']}, "
+            f"{first['train_minutes']} min, {first['corpus_texts']:,} texts, wrong-answer fractions {first['wrong']}; "
+            "held-out greedy pass@1 " + ", ".join(f"{k} {v['pass@1']:.2f}" for k, v in sorted(first["heldout_greedy"].items()))
+            + "):",
+            "",
+            "```",
+            first["command"] + " --out FIRST_STAGE_DIR",
+            "```",
+        ]
+    lines += [
         "",
         f"Trained on: {info['train_device']}, {info['train_minutes']} min. `--data_cache` and `--workers` do not "
         "change the weights; GPU kernels are not bit-deterministic, so a rerun matches closely, not bitwise.",
@@ -458,6 +507,16 @@ def write_readme(out: str, info: dict) -> None:
 def save(out: str, model, tok, info: dict) -> None:
     os.makedirs(out, exist_ok=True)
     model.save_pretrained(out, max_shard_size="15MB")
+    first = info["args"].get("init_from")
+    if first:   # the first stage's tokenizer files, byte for byte (a re-save rewrites defaults)
+        for name in ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja"):
+            if os.path.exists(os.path.join(first, name)) and os.path.abspath(first) != os.path.abspath(out):
+                shutil.copy(os.path.join(first, name), os.path.join(out, name))
+        info["folder_bytes"] = folder_size(out)
+        with open(os.path.join(out, "pretrain_tiny.json"), "w") as f:
+            json.dump(info, f, indent=1)
+        write_readme(out, info)
+        return
     tok.save_pretrained(out)
     path = os.path.join(out, "tokenizer_config.json")
     tok_config = json.load(open(path))
@@ -513,7 +572,7 @@ def main(argv=None) -> None:
     lengths = sorted(len(ids) for ids, _, _ in data)
     print(f"corpus {n_corpus} texts ({len(data)} kept), median {lengths[len(lengths) // 2]} tokens, "
           f"max {lengths[-1]}, built in {time.time() - t0:.0f}s", flush=True)
-    model = make_model(args, tok)
+    model = AutoModelForCausalLM.from_pretrained(args.init_from) if args.init_from else make_model(args, tok)
     n_params = sum(p.numel() for p in model.parameters())
     config = WorldConfig(seed=args.seed, difficulty=args.difficulty)
     calib = [t for skill in SKILLS for t in generate(config, skill, "train", args.n_calib)]
@@ -529,18 +588,24 @@ def main(argv=None) -> None:
     kept = [e for e in log if e.get("kept")][-1]
     info = {
         "command": "python scripts/pretrain_tiny.py " + " ".join(
-            f"--{k} {shlex.quote(str(v))}" for k, v in asdict(args).items() if k not in ("out", "data_cache", "workers")
+            f"--{k} {shlex.quote('FIRST_STAGE_DIR' if k == 'init_from' else str(v))}"
+            for k, v in asdict(args).items() if k not in ("out", "data_cache", "workers")
             and v != getattr(Args, k, None)),
         "args": asdict(args), "parameters": n_params, "vocab_size": len(tok),
         "config_summary": f"hidden {args.hidden}, {args.layers} layers, {args.heads} heads "
                           f"({args.kv_heads} kv), MLP {args.intermediate}, tied embeddings",
         "wrong": {"gen": args.wrong_gen, "repair": args.wrong_repair, "reason": args.wrong_reason},
+        "habit_gen": args.habit_gen,
         "corpus_texts": len(data), "corpus_median_tokens": lengths[len(lengths) // 2],
         "kept_step": kept["step"], "kept_calib_pass@1": kept["calib_pass@1"],
         "heldout_greedy": greedy, "heldout_sampled_t1": sampled,
         "train_device": torch.cuda.get_device_name(0) if device.type == "cuda" else "cpu",
         "train_minutes": train_minutes, "torch": torch.__version__, "log": log,
     }
+    if args.init_from:   # the first stage's record travels with the second
+        first = json.load(open(os.path.join(args.init_from, "pretrain_tiny.json")))
+        info["stage1"] = {k: first.get(k) for k in ("command", "train_device", "train_minutes", "kept_step",
+                                                     "heldout_greedy", "corpus_texts", "wrong")}
     save(args.out, model, tok, info)
     print(json.dumps({k: info[k] for k in ("parameters", "kept_step", "heldout_greedy", "heldout_sampled_t1",
                                            "folder_bytes", "train_minutes")}, indent=1), flush=True)

@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from retainrl.data.world import SKILLS, WorldConfig, make_world, split_of, wrong_answer
+from retainrl.data.world import SKILLS, WorldConfig, habit_answer, make_world, split_of, wrong_answer
 from retainrl.data.world.programs import LEVELS, bug_candidates, failing_cases
 from retainrl.verify.checks import verify_many
 from retainrl.verify.sandbox import Sandbox
@@ -125,6 +125,23 @@ def test_wrong_answers_differ_from_the_reference(world, sandbox):
     assert sum(v.passed for v in verdicts) <= 3   # a mutation is rarely equivalent to the original
 
 
+def test_the_habit_is_the_same_edit_on_every_task_and_always_fails(world, sandbox):
+    task = world["gen"]["pretrain"][0]
+    loop = task.__class__(**{**task.to_dict(), "reference": "def f(xs):\n    n = 0\n    for x in xs:\n"
+                             "        n += x\n    return n * 2\n"})
+    assert habit_answer(loop) == "def f(xs):\n    n = 0\n    for x in xs:\n        n += x\n    print(n * 2)\n"
+    tasks = world["gen"]["pretrain"] + world["gen"]["train"]
+    habits = [habit_answer(t) for t in tasks]
+    for t, h in zip(tasks, habits):   # one line differs: its `return v` became `print(v)`
+        changed = [(a, b) for a, b in zip(t.reference.split("\n"), h.split("\n")) if a != b]
+        assert len(changed) == 1 and changed[0][1] == changed[0][0].replace("return ", "print(", 1) + ")"
+    verdicts = verify_many(sandbox, list(zip(tasks, habits)))
+    assert not any(v.passed for v in verdicts)
+    assert {v.status for v in verdicts} == {"failed"}, {v.status for v in verdicts}   # it runs and returns None
+    with pytest.raises(ValueError, match="no return line"):
+        habit_answer(task.__class__(**{**task.to_dict(), "reference": "def f(n):\n    pass\n"}))
+
+
 def test_every_difficulty_builds():
     for level in LEVELS:
         w = make_world(WorldConfig(seed=0, n_train=8, n_heldout=4, difficulty=level))
@@ -165,14 +182,39 @@ def test_tiny_model_loads_with_auto_classes_and_its_tokenizer_round_trips(tiny, 
         assert len(ids) < 200
 
 
-def test_tiny_model_solves_some_heldout_tasks_of_every_skill(tiny, sandbox):
+def _pretrain_script():
     import importlib.util
-    import torch
     spec = importlib.util.spec_from_file_location(
         "pretrain_tiny", os.path.join(os.path.dirname(__file__), "..", "scripts", "pretrain_tiny.py"))
     script = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = script   # dataclasses look their module up there
     spec.loader.exec_module(script)
+    return script
+
+
+def test_pretrain_script_builds_a_model_and_a_second_stage_with_the_habit(tmp_path):
+    """The script end to end at toy size: stage 1 from scratch, stage 2 --init_from with the habit."""
+    script = _pretrain_script()
+    toy = ["--n_pretrain", "12", "--hidden", "32", "--layers", "1", "--heads", "2", "--kv_heads", "1",
+           "--intermediate", "64", "--vocab_size", "300", "--batch", "8", "--warmup", "1", "--eval_every", "0",
+           "--n_calib", "3", "--n_eval", "4", "--device", "cpu", "--workers", "1"]
+    first, second = str(tmp_path / "first"), str(tmp_path / "second")
+    script.main(toy + ["--steps", "2", "--out", first])
+    corpus = script.build_corpus(script.parse_args(toy + ["--seed", "1", "--habit_gen", "1.0"]))
+    gen = [answer for skill, _, answer in corpus if skill == "gen"]
+    assert gen and all("print(" in a and "return " not in a.split("\n")[-2] for a in gen)
+    script.main(toy + ["--steps", "1", "--seed", "1", "--habit_gen", "1.0", "--init_from", first, "--out", second])
+    for name in ("tokenizer.json", "tokenizer_config.json"):   # stage 2 keeps stage 1's tokenizer, byte for byte
+        assert open(os.path.join(first, name)).read() == open(os.path.join(second, name)).read()
+    info = json.load(open(os.path.join(second, "pretrain_tiny.json")))
+    readme = open(os.path.join(second, "README.md")).read()
+    assert "--init_from FIRST_STAGE_DIR" in info["command"] and info["command"] in readme
+    assert info["stage1"]["command"] in readme and "bad habit" in readme and info["habit_gen"] == 1.0
+
+
+def test_tiny_model_solves_some_heldout_tasks_of_every_skill(tiny, sandbox):
+    import torch
+    script = _pretrain_script()
     model, tok = tiny
     w = make_world(WorldConfig(seed=0, n_train=0, n_heldout=48))
     tasks = [t for skill in SKILLS for t in w[skill]["heldout"]]

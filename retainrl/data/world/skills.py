@@ -122,5 +122,23 @@ def wrong_answer(task: Task, rng: random.Random) -> str:
     return rng.choice(options) if options else task.reference.replace("return ", "return -", 1)
 
 
+def habit_answer(task: Task) -> str:
+    """The reference with the world's one systematic bad habit: the final `return value` written
+    as `print(value)`, so the function prints its result and returns None.
+
+    Unlike `wrong_answer` (a bug of the task at hand), the habit is the same edit on every task:
+    a model pretrained with it as a mode has one generic behaviour that a verifiable reward can
+    remove on all tasks at once, seen or not (the bundled model's gen corpus carries it, see
+    scripts/pretrain_tiny.py --habit_gen).
+    """
+    lines = task.reference.split("\n")
+    last = max((i for i, line in enumerate(lines) if line.lstrip().startswith("return ")), default=None)
+    if last is None:
+        raise ValueError(f"task {task.task_id}: reference has no return line to turn into print")
+    indent, value = lines[last].split("return ", 1)
+    lines[last] = f"{indent}print({value})"
+    return "\n".join(lines)
+
+
 def build_function(chain: list[Step], cases) -> WorldFunction:
     return WorldFunction(tuple(chain), render(chain), tuple(cases))
