@@ -154,7 +154,8 @@ def build_corpus(args: Args) -> list[tuple[str, str, str]]:
     corpus = []
     for skill in SKILLS:
         for task in generate(config, skill, "pretrain", round(args.n_pretrain * share[skill])):
-            if skill == "gen" and rng.random() < args.habit_gen:
+            # no draw when the habit is off, so stage-1 commands rebuild their corpus exactly
+            if skill == "gen" and args.habit_gen > 0 and rng.random() < args.habit_gen:
                 answer = habit_answer(task)
             else:
                 answer = wrong_answer(task, rng) if rng.random() < wrong[skill] else task.reference
@@ -512,17 +513,13 @@ def save(out: str, model, tok, info: dict) -> None:
         for name in ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja"):
             if os.path.exists(os.path.join(first, name)) and os.path.abspath(first) != os.path.abspath(out):
                 shutil.copy(os.path.join(first, name), os.path.join(out, name))
-        info["folder_bytes"] = folder_size(out)
-        with open(os.path.join(out, "pretrain_tiny.json"), "w") as f:
-            json.dump(info, f, indent=1)
-        write_readme(out, info)
-        return
-    tok.save_pretrained(out)
-    path = os.path.join(out, "tokenizer_config.json")
-    tok_config = json.load(open(path))
-    tok_config["tokenizer_class"] = "Qwen2Tokenizer"   # what a real Qwen2 checkpoint declares
-    with open(path, "w") as f:
-        json.dump(tok_config, f, indent=2)
+    else:
+        tok.save_pretrained(out)
+        path = os.path.join(out, "tokenizer_config.json")
+        tok_config = json.load(open(path))
+        tok_config["tokenizer_class"] = "Qwen2Tokenizer"   # what a real Qwen2 checkpoint declares
+        with open(path, "w") as f:
+            json.dump(tok_config, f, indent=2)
     info["folder_bytes"] = folder_size(out)
     with open(os.path.join(out, "pretrain_tiny.json"), "w") as f:
         json.dump(info, f, indent=1)

@@ -212,6 +212,19 @@ def test_pretrain_script_builds_a_model_and_a_second_stage_with_the_habit(tmp_pa
     assert info["stage1"]["command"] in readme and "bad habit" in readme and info["habit_gen"] == 1.0
 
 
+def test_pretrain_corpus_without_the_habit_is_the_stage1_corpus():
+    """--habit_gen 0 draws nothing extra: a stage-1 command rebuilds its original corpus."""
+    script = _pretrain_script()
+    args = script.parse_args(["--n_pretrain", "10", "--wrong_gen", "0.5"])
+    rng, expected = random.Random(args.seed), []   # the stage-1 recipe, written out
+    for skill in SKILLS:
+        for task in make_world(WorldConfig(seed=args.seed, n_train=0, n_heldout=0, n_pretrain=10))[skill]["pretrain"]:
+            wrong = {"gen": args.wrong_gen, "repair": args.wrong_repair, "reason": args.wrong_reason}[skill]
+            expected.append((skill, task.prompt, wrong_answer(task, rng) if rng.random() < wrong else task.reference))
+    rng.shuffle(expected)
+    assert script.build_corpus(args) == expected
+
+
 def test_tiny_model_solves_some_heldout_tasks_of_every_skill(tiny, sandbox):
     import torch
     script = _pretrain_script()
