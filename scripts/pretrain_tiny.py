@@ -476,7 +476,9 @@ def write_readme(out: str, info: dict) -> None:
     lines += [
         "",
         f"Trained on: {info['train_device']}, {info['train_minutes']} min. `--data_cache` and `--workers` do not "
-        "change the weights; GPU kernels are not bit-deterministic, so a rerun matches closely, not bitwise.",
+        "change the weights; " + ("on CPU a rerun on the same machine rebuilds them byte for byte."
+                                  if info["train_device"] == "cpu" else
+                                  "GPU kernels are not bit-deterministic, so a rerun matches closely, not bitwise."),
         "",
         "Greedy pass@1 on held-out world tasks (difficulty "
         f"{info['args']['difficulty']}, seed {info['args']['seed']}):",
