@@ -64,9 +64,8 @@ def main() -> None:
         verdicts = verify_many(sb, [(tasks[i], s) for i, s in zip(rollout.task_index, rollout.texts)])
         rollout.rewards = torch.tensor([v.reward() for v in verdicts])
         # fill the memories once (timed separately: refreshes are amortised over refresh_every)
-        safe.phase = 2  # training reason: gen and repair are protected
         t0 = time.perf_counter()
-        for s in safe.safety.protected_skills():
+        for s in ("gen", "repair"):  # training reason: gen and repair are protected
             safe.safety.memory(s).refresh(safe.policy, sb, safe.cfg.sampling, seed=1, step=0)
         refresh_s = time.perf_counter() - t0
         proj_time = [0.0]
@@ -88,16 +87,17 @@ def main() -> None:
             rest_s.append(time.perf_counter() - t0)
             print(f"round {r + 1}: rollout + verify {rest_s[-1]:.3f} s", flush=True)
             for name in times:
-                if name == "plain":
-                    t = plain
-                    t.safety = None
-                else:
-                    t = safe
+                t = plain if name == "plain" else safe
+                apply = objective.plain_step
+                if name != "plain":
                     skills = ["gen", "repair"] * (2 if name == "safe-4" else 1)
-                    t.safety.protected_skills = lambda skills=skills: skills
+
+                    def apply(params, opt, skills=skills):
+                        return safe.safety.step(params, opt, safe.policy, sb, safe.global_step, skills)
                 proj_time[0] = 0.0
                 t0 = time.perf_counter()
-                objective.update(t, rollout)
+                objective.update(t.cfg.rl, t.policy, t.opt, rollout, max_len=t.cfg.sampling.max_new_tokens,
+                                 penalty=t.method.penalty, apply=apply)
                 dt = time.perf_counter() - t0
                 times[name].append(dt)
                 if name != "plain":

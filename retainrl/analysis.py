@@ -24,7 +24,8 @@ import torch
 
 from retainrl.config import load_config
 from retainrl.safety.estimates import SkillMemory
-from retainrl.safety.layer import flat_grad
+from retainrl.parallel import flat_grad
+from retainrl.seeds import derive_seed
 from retainrl.train.config import RunConfig
 from retainrl.train.trainer import Trainer
 from retainrl.verify import Sandbox
@@ -35,8 +36,10 @@ def gradient_cosines(trainer: Trainer, sandbox, prompts: int = 16, samples: int 
     params = trainer.policy.trainable_parameters()
     grads = []
     for i, skill in enumerate(trainer.skills):
-        mem = SkillMemory(skill, trainer.train_tasks[skill], prompts, samples, seed=seed + i)
-        mem.refresh(trainer.policy, sandbox, trainer.cfg.sampling, seed=seed * 31 + i, step=0)
+        mem = SkillMemory(skill, trainer.train_tasks[skill], prompts, samples,
+                          seed=derive_seed(seed, "analysis/prompts", skill))
+        mem.refresh(trainer.policy, sandbox, trainer.cfg.sampling, seed=derive_seed(seed, "analysis/rollouts", skill),
+                    step=0)
         for p in params:
             p.grad = None
         (-mem.surrogate(trainer.policy, list(range(len(mem.tasks) * samples)), is_clip=2.0)).backward()

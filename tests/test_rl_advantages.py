@@ -252,3 +252,28 @@ def test_registry():
     for name in ("grpo", "dr_grpo", "rloo"):
         adv, metrics = get_advantage_estimator(name)(r, 2)
         assert adv.shape == (4,) and all(not v.requires_grad for v in metrics.values())
+
+
+def test_estimate_advantages_gives_every_registered_estimator_one_signature():
+    from retainrl.rl import estimate_advantages
+
+    r = torch.tensor([1.0, 0.0, 0.0, 0.0, 1.0, 1.0])
+    for name in ("grpo", "dr_grpo", "rloo"):
+        adv, returns, _ = estimate_advantages(name, r, 3)
+        assert returns is None and torch.equal(adv, get_advantage_estimator(name)(r, 3)[0])
+    values, mask = torch.zeros(2, 3), torch.tensor([[1, 1, 0], [1, 1, 1]], dtype=torch.bool)
+    adv, returns, _ = estimate_advantages("gae", torch.tensor([1.0, 0.0]), 1, values=values, mask=mask, gamma=1.0,
+                                          lam=1.0, whiten=False)
+    # zero values, gamma = lam = 1: advantage = return = the final reward at every earlier token
+    assert torch.equal(returns[mask], torch.tensor([1.0, 1.0, 0.0, 0.0, 0.0]))
+    assert torch.equal(adv[mask], returns[mask])
+
+
+def test_algorithms_name_registered_parts():
+    from retainrl.rl import ALGORITHMS, POLICY_LOSSES, get_algorithm
+
+    for algo in ALGORITHMS.values():
+        assert algo.advantages in ADVANTAGE_ESTIMATORS and algo.policy_loss in POLICY_LOSSES
+    assert get_algorithm("ppo").critic and not get_algorithm("grpo").critic
+    with pytest.raises(KeyError, match="unknown algorithm"):
+        get_algorithm("dpo")

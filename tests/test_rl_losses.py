@@ -419,3 +419,17 @@ def test_local_normalisation_breaks_token_mean_accumulation():
 
     _, gW_naive, _ = _accumulated_grad(params, data, lengths, 1, naive)
     assert not torch.allclose(gW_naive / n_micro, gW, rtol=1e-3)
+
+
+def test_policy_loss_gives_every_registered_loss_one_signature():
+    from retainrl.rl import policy_loss
+
+    lp = torch.tensor([[-1.0, -2.0], [-0.5, -3.0]])
+    old = lp - 0.5  # ratio e^0.5 > 1 + clip: the clip matters for the ratio losses
+    adv, mask = torch.tensor([1.0, -1.0]), torch.tensor([[1, 1], [1, 0]], dtype=torch.bool)
+    a, _ = policy_loss("grpo", lp, old, adv, mask, clip_eps_low=0.2, clip_eps_high=0.2)
+    b, _ = clipped_policy_loss(lp, old, adv, mask, clip_eps_low=0.2, clip_eps_high=0.2)
+    assert torch.equal(a, b)
+    c, _ = policy_loss("rloo", lp, old, adv, mask, clip_eps_low=0.2, clip_eps_high=0.2)  # no ratio: old ignored
+    assert torch.equal(c, reinforce_loss(lp, adv, mask)[0])
+    assert float(c) == pytest.approx(-(-1.0 - 2.0 + 0.5) / 3)

@@ -11,7 +11,8 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from retainrl.safety.layer import allreduce_mean, flat_grad, flat_params, safe_step
+from retainrl.parallel import allreduce_mean, flat_grad, flat_params
+from retainrl.safety.layer import safe_step
 
 STEPS = 3
 

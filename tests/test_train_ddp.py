@@ -15,13 +15,13 @@ import os
 import socket
 import subprocess
 import sys
-import types
 from pathlib import Path
 
 import pytest
 import torch
 import torch.multiprocessing as mp
 
+from retainrl.baselines import make_baseline
 from retainrl.config import load_config
 from retainrl.policy.model import ModelConfig, load_policy
 from retainrl.policy.rollout import SamplingConfig, generate
@@ -60,13 +60,12 @@ def _update(rank: int, world: int, port: int, overrides: list[str], rollout) -> 
     # SGD: the applied step is linear in the gradient, so float-order noise stays at 1e-9 (Adam
     # would blow the noise of near-zero gradients up to the learning rate)
     opt = torch.optim.SGD(policy.trainable_parameters(), lr=cfg.rl.lr)
-    trainer = types.SimpleNamespace(cfg=cfg, policy=policy, opt=opt, safety=None, global_step=0,
-                                    method=objective.make_method(cfg, policy))
+    method = make_baseline(cfg.method, policy, {}, cfg.sampling, cfg.seed)
     if world > 1:  # this rank's prompt groups: r, r + W, ...
         groups = list(range(rank, len(PROMPTS), world))
         rollout = rollout.select([g * GROUP + j for g in groups for j in range(GROUP)])
     for _ in range(2):
-        objective.update(trainer, rollout)
+        objective.update(cfg.rl, policy, opt, rollout, max_len=cfg.sampling.max_new_tokens, penalty=method.penalty)
     flat = torch.cat([p.detach().reshape(-1) for p in policy.trainable_parameters()])
     if world > 1:
         dist.destroy_process_group()

@@ -30,6 +30,9 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+# the collectives live at the bottom of the package (safety/ uses them too); re-exported here
+from retainrl.parallel import all_sum, is_active, sum_gradients  # noqa: F401
+
 
 @dataclass(frozen=True)
 class DistInfo:
@@ -64,35 +67,6 @@ def setup() -> DistInfo:
 def teardown(info: DistInfo) -> None:
     if info.active and dist.is_initialized():
         dist.destroy_process_group()
-
-
-def is_active() -> bool:
-    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
-
-
-def all_sum(values: list[float]) -> list[float]:
-    """Elementwise sum over ranks of a list of numbers (identity in a single process)."""
-    if not is_active():
-        return list(values)
-    t = torch.tensor(values, dtype=torch.float64)
-    dist.all_reduce(t, op=dist.ReduceOp.SUM)
-    return t.tolist()
-
-
-def sum_gradients(params: list[torch.nn.Parameter]) -> None:
-    """p.grad <- sum over ranks of p.grad, as one flat all-reduce (a missing grad counts as 0).
-
-    The losses are divided by *global* denominators (tokens or sequences of the whole batch),
-    so the sum of the ranks' gradients is the gradient of one process on the global batch."""
-    if not is_active():
-        return
-    flat = torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1) for p in params])
-    dist.all_reduce(flat, op=dist.ReduceOp.SUM)
-    offset = 0
-    for p in params:
-        n = p.numel()
-        p.grad = flat[offset:offset + n].view_as(p).clone()
-        offset += n
 
 
 def parameters_checksum(params: list[torch.nn.Parameter]) -> float:

@@ -14,7 +14,6 @@ the sample 0 (counted); checkpoints are atomic.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import random
 import time
@@ -34,7 +33,9 @@ from retainrl.train import distributed, objective
 from retainrl.train.config import RunConfig
 from retainrl.train.progress import Progress
 from retainrl.train.runio import Fanout, MetricsLog, TensorBoard, WandB, atomic_torch_save, atomic_write_text, load_checkpoint
-from retainrl.safety.layer import SafetyLayer
+from retainrl.baselines import make_baseline
+from retainrl.safety.layer import SafetyLayer, protected_skills
+from retainrl.seeds import step_seed  # noqa: F401  (re-exported: callers import it from here)
 from retainrl.train.sampler import TaskSampler
 from retainrl.verify import Sandbox
 from retainrl.verify.checks import verify_many
@@ -61,10 +62,6 @@ def build_tasks(cfg: RunConfig) -> tuple[dict[str, list], dict[str, list]]:
             train.setdefault(s, []).extend(world[s]["train"])
             heldout.setdefault(s, []).extend(world[s]["heldout"])
     return train, heldout
-
-
-def step_seed(seed: int, step: int, salt: str = "rollout") -> int:
-    return int(hashlib.sha256(f"{seed}/{step}/{salt}".encode()).hexdigest()[:12], 16)
 
 
 class Trainer:
@@ -96,8 +93,8 @@ class Trainer:
             self.opt = torch.optim.SGD(params, lr=cfg.rl.lr)
         else:
             self.opt = torch.optim.AdamW(params, lr=cfg.rl.lr, weight_decay=cfg.rl.weight_decay)
-        self.method = objective.make_method(cfg, self.policy)
-        self.safety = SafetyLayer(cfg, self) if cfg.safety.enabled else None
+        self.method = make_baseline(cfg.method, self.policy, self.train_tasks, cfg.sampling, cfg.seed)
+        self.safety = SafetyLayer(cfg.safety, self.train_tasks, cfg.sampling, cfg.seed) if cfg.safety.enabled else None
         self.eval_sampling = SamplingConfig(max_new_tokens=cfg.eval.max_new_tokens, temperature=cfg.sampling.temperature,
                                             top_p=cfg.sampling.top_p, backend=cfg.sampling.backend,
                                             max_prompt_tokens=cfg.sampling.max_prompt_tokens,
@@ -185,7 +182,7 @@ class Trainer:
                                            "phase": self.phase + 1}, self.out / "ckpt" / f"phase{self.phase + 1}.pt")
                     self.phase += 1
                     self.phase_step = 0
-                    self.method.on_phase_start(self)
+                    self.method.on_phase_start([s for p in self.phases[:self.phase] for s in p], self.phase)
                     self.checkpoint(log)
         finally:
             progress.close()
@@ -255,6 +252,15 @@ class Trainer:
         return f"phase {self.phase + 1}/{len(self.phases)} {'+'.join(self.phases[min(self.phase, len(self.phases) - 1)])} | " + \
             " ".join(f"{s} {v:.2f}" for s, v in last.items())
 
+    def _apply_update(self):
+        """How objective.update applies the clipped gradient: plain opt.step(), or the skill-safe step."""
+        if self.safety is None:
+            return objective.plain_step
+        protected = protected_skills(self.cfg.protocol.kind, self.cfg.safety.protect, self.phases, self.phase,
+                                     self.skills, {s for s, t in self.train_tasks.items() if t})
+        return lambda params, opt: self.safety.step(params, opt, self.policy, self.sandbox, self.global_step,
+                                                    protected, self.curves)
+
     def train_step(self) -> dict:
         cfg, rl = self.cfg, self.cfg.rl
         t0 = time.monotonic()
@@ -275,7 +281,8 @@ class Trainer:
         rewards = torch.tensor([v.reward(rl.reward) for v in verdicts], dtype=torch.float32)
         rollout.rewards = rewards
         n_events = len(self.safety.events) if self.safety is not None else 0
-        stats = objective.update(self, rollout)
+        stats = objective.update(rl, self.policy, self.opt, rollout, max_len=cfg.sampling.max_new_tokens,
+                                 penalty=self.method.penalty, apply=self._apply_update(), step=self.global_step)
         if self.safety is not None:
             for ev in self.safety.events[n_events:]:
                 stats[f"safety/switched_on/{ev['skill']}"] = 1.0

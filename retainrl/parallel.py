@@ -1,0 +1,109 @@
+"""Collectives and flat parameter vectors: the bottom-level helpers that train/ and safety/ share.
+
+Nothing here knows about the trainer. Under torch.distributed (torchrun) the reductions run
+over every rank; in a single process they are the identity, so callers never branch on it.
+
+Flat vectors: a list of parameters is packed as one (d,) vector, parameter after parameter in
+list order, each flattened row-major (`pack`); `unpack` is its inverse on the same list. The
+skill-safe projection works on these vectors; gradients are all-reduced as one of them.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+
+
+# ----------------------------------------------------------------------------------------
+# collectives
+# ----------------------------------------------------------------------------------------
+def is_active() -> bool:
+    """True under an initialised process group of more than one rank."""
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def _all_reduce_list(values: list[float], op) -> list[float]:
+    if not is_active():
+        return [float(v) for v in values]
+    t = torch.tensor(values, dtype=torch.float64)
+    dist.all_reduce(t, op=op)
+    return t.tolist()
+
+
+def all_sum(values: list[float]) -> list[float]:
+    """Elementwise sum over ranks of a list of numbers (identity in a single process)."""
+    return _all_reduce_list(values, dist.ReduceOp.SUM)
+
+
+def all_max(values: list[float]) -> list[float]:
+    """Elementwise maximum over ranks (identity in a single process); min(x) = -all_max(-x)."""
+    return _all_reduce_list(values, dist.ReduceOp.MAX)
+
+
+def allreduce_mean(x: torch.Tensor) -> torch.Tensor:
+    """Mean over ranks of a tensor (a new tensor; identity in a single process)."""
+    if is_active():
+        x = x.clone()
+        dist.all_reduce(x, op=dist.ReduceOp.SUM)
+        x /= dist.get_world_size()
+    return x
+
+
+def sum_gradients(params: list[torch.nn.Parameter]) -> None:
+    """p.grad <- sum over ranks of p.grad, as one flat all-reduce (a missing grad counts as 0).
+
+    With losses divided by *global* denominators (tokens or sequences of the whole batch) the
+    sum of the ranks' gradients is the gradient of one process on the global batch."""
+    if not is_active():
+        return
+    flat = pack(grads_or_zeros(params))
+    dist.all_reduce(flat, op=dist.ReduceOp.SUM)
+    set_grads(params, flat)
+
+
+# ----------------------------------------------------------------------------------------
+# flat vectors
+# ----------------------------------------------------------------------------------------
+def pack(tensors, dtype: torch.dtype | None = None) -> torch.Tensor:
+    """(d,) concatenation of the flattened tensors (in `dtype` when given, else their own)."""
+    return torch.cat([t.reshape(-1) if dtype is None else t.reshape(-1).to(dtype) for t in tensors])
+
+
+def unpack(flat: torch.Tensor, like) -> list[torch.Tensor]:
+    """Inverse of `pack` on tensors shaped (and typed) like `like`: views of `flat`, cast."""
+    n_total = sum(p.numel() for p in like)
+    if flat.numel() != n_total:
+        raise ValueError(f"flat vector has {flat.numel()} entries, the parameters {n_total}")
+    out, offset = [], 0
+    for p in like:
+        n = p.numel()
+        out.append(flat[offset:offset + n].view_as(p).to(p.dtype))
+        offset += n
+    return out
+
+
+def grads_or_zeros(params) -> list[torch.Tensor]:
+    return [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
+
+
+def flat_grad(params) -> torch.Tensor:
+    """(d,) float32 gradient of `params` (zeros where .grad is None)."""
+    return pack(grads_or_zeros(params), torch.float32)
+
+
+def flat_params(params) -> torch.Tensor:
+    """(d,) float32 detached values of `params`."""
+    return pack([p.detach() for p in params], torch.float32)
+
+
+def set_grads(params, flat: torch.Tensor) -> None:
+    """Each p.grad <- its piece of `flat` (a fresh tensor, p's dtype)."""
+    for p, piece in zip(params, unpack(flat, params)):
+        p.grad = piece.clone()
+
+
+@torch.no_grad()
+def set_params(params, flat: torch.Tensor) -> None:
+    """Each parameter's values <- its piece of `flat`, in place."""
+    for p, piece in zip(params, unpack(flat, params)):
+        p.copy_(piece)
