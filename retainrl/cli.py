@@ -24,7 +24,12 @@ def cmd_eval(args) -> int:
     from retainrl.verify import Sandbox
 
     skills = [s.strip() for s in args.skills.split(",") if s.strip()]
-    world = make_world(WorldConfig(seed=args.world_seed, n_train=0, n_heldout=args.limit, skills=tuple(skills)))
+    try:
+        world = make_world(WorldConfig(seed=args.world_seed, n_train=0, n_heldout=args.limit, skills=tuple(skills),
+                                       version=args.world_version))
+    except ValueError as e:
+        print(f"retainrl eval: {e}", file=sys.stderr)
+        return 2
     policy = load_policy(ModelConfig(name_or_path=args.model, threads=args.threads))
     sampling = SamplingConfig(max_new_tokens=args.max_new_tokens)
     with Sandbox(workers=args.workers) as sb:
@@ -33,7 +38,8 @@ def cmd_eval(args) -> int:
         print(json.dumps({s: r["pass@1"] for s, r in res.items()}))
     else:
         for s, r in res.items():
-            print(f"{s:8s} pass@1 = {r['pass@1']:.3f}  (n={r['n']}, tokens={r['tokens']}, verify cpu {r['verify_cpu_s']:.1f}s)")
+            print(f"{s:8s} pass@1 = {r['pass@1']:.3f}  (n={r['n']}, habit share {r.get('habit_share', 0):.3f}, "
+                  f"tokens={r['tokens']}, verify cpu {r['verify_cpu_s']:.1f}s)")
     return 0
 
 
@@ -215,9 +221,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     e = sub.add_parser("eval", help="greedy pass@1 per skill on the built-in world's held-out tasks")
     e.add_argument("--model", default="bundled", help="'bundled' or a Hugging Face model directory / hub id")
-    e.add_argument("--skills", default="gen,repair,reason")
+    e.add_argument("--skills", default="gen,repair,reason", help="comma-separated; world version 2 adds refactor")
     e.add_argument("--limit", type=int, default=100, help="held-out tasks per skill")
     e.add_argument("--world-seed", type=int, default=0)
+    e.add_argument("--world-version", type=int, default=1, help="built-in world version (1 or 2)")
     e.add_argument("--max-new-tokens", type=int, default=96)
     e.add_argument("--workers", type=int, default=2, help="sandbox workers")
     e.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: default)")

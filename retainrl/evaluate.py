@@ -5,6 +5,10 @@ pass@1 is the fraction of tasks whose greedy completion passes its verifier. Wit
 `pass@1_sampled` (the mean success of a sample: the unbiased pass@1 estimate of Chen et al.
 (2021), the number Codex-style papers call pass@1) and pass@k for each requested k > 1,
 1 - C(n - c, k) / C(n, k), averaged over tasks (retainrl.metrics.passk).
+
+For the built-in world's tasks, `habit_share` is the fraction of greedy completions that show
+the skill's deliberate habit (`retainrl.data.world.shows_habit`), the testbed's planted failure
+that RL should remove.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ from __future__ import annotations
 import time
 
 from retainrl.data.task import Task
+from retainrl.data.world import shows_habit
 from retainrl.metrics.passk import mean_pass_at_k
 from retainrl.policy.model import Policy
 from retainrl.policy.rollout import SamplingConfig, generate
@@ -29,6 +34,8 @@ def evaluate_skill(policy: Policy, tasks: list[Task], sandbox, sampling: Samplin
            "tokens": int(rollout.lengths.sum()), "gen_s": t1 - t0, "verify_s": time.monotonic() - t1,
            "verify_cpu_s": sum(v.cpu_s for v in verdicts),
            "errors": sum(v.status in ("error", "killed") for v in verdicts)}
+    if tasks and all(t.source == "world" for t in tasks):
+        out["habit_share"] = sum(shows_habit(t, text) for t, text in zip(tasks, rollout.texts)) / len(tasks)
     ks = tuple(k for k in ks if 1 < k <= n_samples)
     if n_samples > 0:
         sampled = generate(policy, [t.prompt for t in tasks], n=n_samples, cfg=sampling, seed=seed,

@@ -2,11 +2,14 @@
 
     python scripts/pretrain_tiny.py --out retainrl/policy/assets/tiny --steps 4000 ...
     python scripts/pretrain_tiny.py --init_from FIRST --habit_gen 0.5 ...      # a second stage on top of FIRST
+    python scripts/pretrain_tiny.py --init_from SECOND --world_version 2 --habit_repair 0.4 ...   # third stage
     python scripts/pretrain_tiny.py --measure retainrl/policy/assets/tiny     # CPU check of a built model
 
-The bundled model is two stages (exact commands in its README): stage 1 from scratch (GPU, ~3 min),
+The bundled model is three stages (exact commands in its README): stage 1 from scratch (GPU, ~3 min),
 stage 2 continues it on fresh pretraining texts with clean `gen` answers, half of them carrying
-the world's one generic bad habit (`world.habit_answer`, print for return; CPU, ~11 min).
+gen's generic bad habit (`world.habit_answer`, print for return; CPU, ~11 min), stage 3 continues
+stage 2 on world version 2 (stratified split, the fourth skill `refactor`) with every skill's
+habit in a share of its answers (`--habit_<skill>`; CPU).
 
 What it does, top to bottom:
 1. corpus: the code world's `pretrain` split (functions never in train or held-out), one text
@@ -51,13 +54,15 @@ from transformers import (AutoModelForCausalLM, AutoTokenizer, PreTrainedTokeniz
                           Qwen2ForCausalLM)
 
 from retainrl.data.task import Task  # noqa: E402
-from retainrl.data.world import SKILLS, WorldConfig, generate, habit_answer, wrong_answer  # noqa: E402
+from retainrl.data.world import VERSION_SKILLS, WorldConfig, generate, habit_answer, wrong_answer  # noqa: E402
 from retainrl.verify.checks import verify_many  # noqa: E402
 from retainrl.verify.sandbox import Sandbox  # noqa: E402
 
 EOS, PAD = "<|endoftext|>", "<|pad|>"
 CHAT_TEMPLATE = "{% for message in messages %}{{ message['content'] }}{% endfor %}"
-MAX_NEW = {"gen": 96, "repair": 96, "reason": 24}   # greedy budget per skill in evaluation
+HABITS = {"gen": "`print(value)` for the final `return value`", "repair": "the buggy program returned unchanged",
+          "reason": "a trailing comma after the value (`[1, 2],`, a one-element tuple)", "refactor": "the return type hint left out"}
+MAX_NEW = {"gen": 96, "repair": 96, "reason": 24, "refactor": 96}   # greedy budget per skill in evaluation
 
 
 @dataclass
@@ -68,6 +73,8 @@ class Args:
     """Seed of the world, the wrong answers, the initialisation and the batch order."""
     difficulty: int = 2
     """World difficulty (1..4) of the corpus and of the calibration and evaluation tasks."""
+    world_version: int = 1
+    """World version (retainrl.data.world): its skills make up the corpus, calibration and report."""
     n_pretrain: int = 60000
     """Pretraining tasks per skill."""
     share_gen: float = 1.0
@@ -76,15 +83,25 @@ class Args:
     """Corpus size of `repair` as a multiple of n_pretrain."""
     share_reason: float = 1.0
     """Corpus size of `reason` as a multiple of n_pretrain."""
+    share_refactor: float = 1.0
+    """Corpus size of `refactor` (world version 2) as a multiple of n_pretrain."""
     wrong_gen: float = 0.3
     """Fraction of `gen` answers in the corpus that are deliberately wrong."""
     wrong_repair: float = 0.3
     """Fraction of `repair` answers that are wrong."""
     wrong_reason: float = 0.3
     """Fraction of `reason` answers that are wrong."""
+    wrong_refactor: float = 0.0
+    """Fraction of `refactor` answers that are wrong (a bug of the reference)."""
     habit_gen: float = 0.0
     """Fraction of `gen` answers written with the world's systematic bad habit (`world.habit_answer`:
     the final `return v` as `print(v)`); drawn before `wrong_gen`, which applies to the rest."""
+    habit_repair: float = 0.0
+    """Fraction of `repair` answers with repair's habit (the buggy program returned unchanged)."""
+    habit_reason: float = 0.0
+    """Fraction of `reason` answers with reason's habit (a trailing comma: the value as a one-element tuple)."""
+    habit_refactor: float = 0.0
+    """Fraction of `refactor` answers with refactor's habit (the return type hint left out)."""
     init_from: str = ""
     """Continue from the model in this folder (its weights and tokenizer) instead of a fresh one:
     a second stage on top of a first (see the bundled model's README for both commands)."""
@@ -145,17 +162,26 @@ class Args:
 
 # ----------------------------------------------------------------------------- corpus
 
+def skills_of(args: Args) -> tuple[str, ...]:
+    return VERSION_SKILLS[args.world_version]
+
+
+def world_config(args: Args) -> WorldConfig:
+    return WorldConfig(seed=args.seed, difficulty=args.difficulty, version=args.world_version)
+
+
 def build_corpus(args: Args) -> list[tuple[str, str, str]]:
     """(skill, prompt, answer) for every pretraining task, the wrong ones mixed in, shuffled."""
-    config = WorldConfig(seed=args.seed, difficulty=args.difficulty)
+    config = world_config(args)
     rng = random.Random(args.seed)
-    wrong = {"gen": args.wrong_gen, "repair": args.wrong_repair, "reason": args.wrong_reason}
-    share = {"gen": args.share_gen, "repair": args.share_repair, "reason": args.share_reason}
+    wrong = {s: getattr(args, f"wrong_{s}") for s in skills_of(args)}
+    share = {s: getattr(args, f"share_{s}") for s in skills_of(args)}
+    habit = {s: getattr(args, f"habit_{s}") for s in skills_of(args)}
     corpus = []
-    for skill in SKILLS:
+    for skill in skills_of(args):
         for task in generate(config, skill, "pretrain", round(args.n_pretrain * share[skill])):
             # no draw when the habit is off, so stage-1 commands rebuild their corpus exactly
-            if skill == "gen" and args.habit_gen > 0 and rng.random() < args.habit_gen:
+            if habit[skill] > 0 and rng.random() < habit[skill]:
                 answer = habit_answer(task)
             else:
                 answer = wrong_answer(task, rng) if rng.random() < wrong[skill] else task.reference
@@ -201,8 +227,9 @@ def encode(corpus, tok, max_len: int) -> list[tuple[list[int], int, str]]:
     return out
 
 
-CACHE_KEYS = ("seed", "difficulty", "n_pretrain", "share_gen", "share_repair", "share_reason", "wrong_gen",
-              "wrong_repair", "wrong_reason", "habit_gen", "init_from", "vocab_size", "max_len")
+CACHE_KEYS = ("seed", "difficulty", "world_version", "n_pretrain", "share_gen", "share_repair", "share_reason",
+              "share_refactor", "wrong_gen", "wrong_repair", "wrong_reason", "wrong_refactor", "habit_gen",
+              "habit_repair", "habit_reason", "habit_refactor", "init_from", "vocab_size", "max_len")
 
 
 def build_data(args: Args):
@@ -405,8 +432,7 @@ def train(args: Args, model, tok, data, calib: list[Task], sandbox, device) -> t
 # ----------------------------------------------------------------------------- saving
 
 def heldout_tasks(args: Args, n: int) -> list[Task]:
-    config = WorldConfig(seed=args.seed, difficulty=args.difficulty)
-    return [t for skill in SKILLS for t in generate(config, skill, "heldout", n)]
+    return [t for skill in skills_of(args) for t in generate(world_config(args), skill, "heldout", n)]
 
 
 def folder_size(path: str) -> int:
@@ -428,12 +454,26 @@ def write_readme(out: str, info: dict) -> None:
         "# tiny: the bundled policy of retainrl",
         "",
         "A Qwen2 causal LM trained from scratch by `scripts/pretrain_tiny.py`"
-        + (" (two stages, both commands below)" if info.get("stage1") else "") + " on the built-in code world's",
+        + (f" ({len(info.get('stages', [info['stage1']])) + 1} stages, every command below)" if info.get("stage1") else "")
+        + " on the built-in code world's",
         "`pretrain` split (functions never in the world's train or held-out splits). Load it like any",
         "Hugging Face model: `AutoModelForCausalLM.from_pretrained(dir)`, `AutoTokenizer.from_pretrained(dir)`.",
         "Prompts are raw text (the world's prompts end in `Answer:\\n`); answers end with `<|endoftext|>`.",
     ]
-    if info.get("habit_gen"):
+    habits = info.get("habits") or ({"gen": info["habit_gen"]} if info.get("habit_gen") else {})
+    if len(habits) > 1:
+        lines += [
+            "",
+            f"**Deliberate bad habits (world version {info.get('world_version', 1)}).** In the last stage's corpus a share "
+            "of every skill's answers carries one generic failure, the same edit on every task and decided at one point "
+            "of the answer (`world.habit_answer`): " + "; ".join(f"{k} {v:.0%}: {HABITS[k]}" for k, v in habits.items())
+            + ". The model learns each as a mode that greedy decoding picks on some tasks; each always fails its verifier "
+            "(status `failed`), so a verifiable reward can remove it on unseen tasks too, as RLVR removes format, "
+            "echoing and signature failures of real code models. Much of each skill's room for RL is its habit: these "
+            "are properties of the testbed, chosen so that every skill can be learnt by RL and so that a later skill's "
+            "training can undo an earlier one's.",
+        ]
+    elif info.get("habit_gen"):
         lines += [
             "",
             f"**A deliberate bad habit.** {info['habit_gen']:.0%} of the `gen` answers in the (last stage's) corpus end in "
@@ -460,17 +500,17 @@ def write_readme(out: str, info: dict) -> None:
         info["command"],
         "```",
     ]
-    if info.get("stage1"):
-        first = info["stage1"]
+    for i, first in enumerate(info.get("stages", [info["stage1"]] if info.get("stage1") else [])):
         lines += [
             "",
-            f"That is a second stage, started from a first-stage model made by (trained on {first['train_device']}, "
+            f"{'It continues' if i else 'The chain starts from'} a stage-{i + 1} model made by (trained on {first['train_device']}, "
             f"{first['train_minutes']} min, {first['corpus_texts']:,} texts, wrong-answer fractions {first['wrong']}; "
             "held-out greedy pass@1 " + ", ".join(f"{k} {v['pass@1']:.2f}" for k, v in sorted(first["heldout_greedy"].items()))
             + "):",
             "",
             "```",
-            first["command"] + " --out FIRST_STAGE_DIR",
+            first["command"].replace("FIRST_STAGE_DIR", f"STAGE{i}_DIR").replace("PREVIOUS_STAGE_DIR", f"STAGE{i}_DIR")
+            + f" --out STAGE{i + 1}_DIR",
             "```",
         ]
     lines += [
@@ -486,7 +526,7 @@ def write_readme(out: str, info: dict) -> None:
         "| skill | " + " | ".join(f"{where}" for where in ("trained device", "CPU")) + " |",
         "| --- | --- | --- |",
     ]
-    for skill in SKILLS:
+    for skill in VERSION_SKILLS[info.get("world_version", 1)]:
         a = ev.get(skill, {})
         b = cpu.get("heldout_greedy", {}).get(skill, {})
         fmt = lambda r: f"{r['pass@1']:.3f} (n={r['n']})" if r else "-"  # noqa: E731
@@ -573,8 +613,7 @@ def main(argv=None) -> None:
           f"max {lengths[-1]}, built in {time.time() - t0:.0f}s", flush=True)
     model = AutoModelForCausalLM.from_pretrained(args.init_from) if args.init_from else make_model(args, tok)
     n_params = sum(p.numel() for p in model.parameters())
-    config = WorldConfig(seed=args.seed, difficulty=args.difficulty)
-    calib = [t for skill in SKILLS for t in generate(config, skill, "train", args.n_calib)]
+    calib = [t for skill in skills_of(args) for t in generate(world_config(args), skill, "train", args.n_calib)]
     t1 = time.time()
     with Sandbox(workers=args.workers) as sandbox:
         best, log = train(args, model, tok, data, calib, sandbox, device)
@@ -587,14 +626,16 @@ def main(argv=None) -> None:
     kept = [e for e in log if e.get("kept")][-1]
     info = {
         "command": "python scripts/pretrain_tiny.py " + " ".join(
-            f"--{k} {shlex.quote('FIRST_STAGE_DIR' if k == 'init_from' else str(v))}"
+            f"--{k} {shlex.quote('PREVIOUS_STAGE_DIR' if k == 'init_from' else str(v))}"
             for k, v in asdict(args).items() if k not in ("out", "data_cache", "workers")
             and v != getattr(Args, k, None)),
         "args": asdict(args), "parameters": n_params, "vocab_size": len(tok),
         "config_summary": f"hidden {args.hidden}, {args.layers} layers, {args.heads} heads "
                           f"({args.kv_heads} kv), MLP {args.intermediate}, tied embeddings",
-        "wrong": {"gen": args.wrong_gen, "repair": args.wrong_repair, "reason": args.wrong_reason},
+        "wrong": {s: getattr(args, f"wrong_{s}") for s in skills_of(args)},
         "habit_gen": args.habit_gen,
+        "habits": {s: getattr(args, f"habit_{s}") for s in skills_of(args) if getattr(args, f"habit_{s}")},
+        "world_version": args.world_version,
         "corpus_texts": len(data), "corpus_median_tokens": lengths[len(lengths) // 2],
         "kept_step": kept["step"], "kept_calib_pass@1": kept["calib_pass@1"],
         "heldout_greedy": greedy, "heldout_sampled_t1": sampled,
@@ -604,7 +645,9 @@ def main(argv=None) -> None:
     if args.init_from:   # the first stage's record travels with the second
         first = json.load(open(os.path.join(args.init_from, "pretrain_tiny.json")))
         info["stage1"] = {k: first.get(k) for k in ("command", "train_device", "train_minutes", "kept_step",
-                                                     "heldout_greedy", "corpus_texts", "wrong")}
+                                                     "heldout_greedy", "corpus_texts", "wrong", "habit_gen")}
+        if first.get("stage1"):   # the stages before it, oldest first
+            info["stages"] = first.get("stages", [first["stage1"]]) + [info["stage1"]]
     save(args.out, model, tok, info)
     print(json.dumps({k: info[k] for k in ("parameters", "kept_step", "heldout_greedy", "heldout_sampled_t1",
                                            "folder_bytes", "train_minutes")}, indent=1), flush=True)

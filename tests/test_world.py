@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import random
@@ -9,8 +10,10 @@ import sys
 
 import pytest
 
-from retainrl.data.world import SKILLS, WorldConfig, habit_answer, make_world, split_of, wrong_answer
-from retainrl.data.world.programs import LEVELS, bug_candidates, failing_cases
+from retainrl.data.world import (SKILLS, VERSION_SKILLS, WorldConfig, generate, habit_answer, make_world, shape_shares,
+                                  shows_habit, split_of, wrong_answer)
+from retainrl.data.world.ops import OPS_BY_NAME
+from retainrl.data.world.programs import LEVELS, Step, bug_candidates, failing_cases, loop_render, render
 from retainrl.verify.checks import verify_many
 from retainrl.verify.sandbox import Sandbox
 
@@ -150,6 +153,133 @@ def test_every_difficulty_builds():
         make_world(WorldConfig(difficulty=9))
 
 
+# ----------------------------------------------------------------------------- world version 2
+
+V2 = WorldConfig(seed=0, version=2, n_train=600, n_heldout=600, n_pretrain=40, skills=VERSION_SKILLS[2])
+
+
+@pytest.fixture(scope="module")
+def world2():
+    return make_world(V2)
+
+
+def test_version_1_is_the_original_world_byte_for_byte():
+    """sha256 of every task of two v1 worlds, recorded before version 2 existed (commit 299d6ea)."""
+    digest = hashlib.sha256()
+    for seed in (0, 1):
+        w = make_world(WorldConfig(seed=seed, n_train=60, n_heldout=60, n_pretrain=100))
+        for skill in sorted(w):
+            for split in ("train", "heldout", "pretrain"):
+                for t in w[skill][split]:
+                    digest.update(json.dumps(t.to_dict(), sort_keys=True).encode())
+    assert digest.hexdigest() == "63d3fc36a69f0fe70e3f23b901ef90f949ef532108de9281fe4531473e09a387"
+    assert make_world(WorldConfig(seed=0, n_train=5, n_heldout=5)) == make_world(WorldConfig(seed=0, n_train=5,
+                                                                                               n_heldout=5, version=1))
+
+
+def test_version_2_records_its_version_and_is_deterministic(world2):
+    assert all(t.meta["version"] == 2 and t.meta["shape"] for s in world2 for sp in world2[s] for t in world2[s][sp])
+    again = make_world(WorldConfig(seed=0, version=2, n_train=20, n_heldout=20, skills=VERSION_SKILLS[2]))
+    for skill in VERSION_SKILLS[2]:
+        assert [t.to_dict() for t in again[skill]["train"]] == [t.to_dict() for t in world2[skill]["train"][:20]]
+    v1 = make_world(WorldConfig(seed=0, n_train=20, n_heldout=0))
+    assert [t.prompt for t in v1["gen"]["train"]] != [t.prompt for t in again["gen"]["train"]]
+
+
+def test_versions_and_skills_are_checked():
+    with pytest.raises(ValueError, match="version 3"):
+        generate(WorldConfig(version=3), "gen", "train", 1)
+    with pytest.raises(ValueError, match="refactor"):   # refactor exists from version 2 on
+        generate(WorldConfig(version=1), "refactor", "train", 1)
+    with pytest.raises(ValueError, match="split"):
+        generate(WorldConfig(version=2), "gen", "test", 1)
+
+
+def test_version_2_train_and_heldout_have_the_same_shape_shares(world2):
+    """Stratified split, 600 tasks a side: operations-count shares within 0.08 (sampling sd of a difference:
+    0.027) and fine shapes within total variation 0.16 (noise alone ~0.11); version 1 is off by > 0.1 / 0.18."""
+    for skill in VERSION_SKILLS[2]:
+        train, held = (shape_shares(world2[skill][sp], coarse=True) for sp in ("train", "heldout"))
+        assert set(train) == set(held) == {"1", "2", "3"}
+        assert max(abs(train[k] - held[k]) for k in train) < 0.08, (skill, train, held)
+        fine_t, fine_h = (shape_shares(world2[skill][sp]) for sp in ("train", "heldout"))
+        tv = 0.5 * sum(abs(fine_t.get(k, 0) - fine_h.get(k, 0)) for k in set(fine_t) | set(fine_h))
+        assert tv < 0.16, (skill, tv)   # total variation over the ~35 fine shapes (ops and types)
+    v1 = make_world(WorldConfig(seed=0, n_train=600, n_heldout=600, skills=("gen",)))
+    train, held = (shape_shares(v1["gen"][sp], coarse=True) for sp in ("train", "heldout"))
+    assert train["1"] - held["1"] > 0.1, (train, held)
+    fine_t, fine_h = (shape_shares(v1["gen"][sp]) for sp in ("train", "heldout"))
+    assert 0.5 * sum(abs(fine_t.get(k, 0) - fine_h.get(k, 0)) for k in set(fine_t) | set(fine_h)) > 0.18
+
+
+def test_version_2_keeps_pretrain_functions_out_of_train_and_heldout(world2):
+    functions = {sp: {t.meta["function"] for s in world2 for t in world2[s][sp]} for sp in ("train", "heldout", "pretrain")}
+    assert not functions["train"] & functions["heldout"]
+    assert not (functions["train"] | functions["heldout"]) & functions["pretrain"]
+    # the pretrain split is version 1's bucket: a model pretrained on v1 saw no v2 train/held-out function
+    assert all(split_of(f) == "pretrain" for f in functions["pretrain"])
+    assert not any(split_of(f) == "pretrain" for f in functions["train"] | functions["heldout"])
+
+
+def test_version_2_has_200_heldout_tasks_per_skill(world2, sandbox):
+    for skill in VERSION_SKILLS[2]:
+        held = world2[skill]["heldout"]
+        assert len(held) == 600 and len({t.content_hash() for t in held}) == 600
+    tasks = [t for skill in VERSION_SKILLS[2] for t in world2[skill]["heldout"][:25]]
+    verdicts = verify_many(sandbox, [(t, t.reference) for t in tasks])
+    assert all(v.passed for v in verdicts), [(t.task_id, v.details) for t, v in zip(tasks, verdicts) if not v.passed]
+
+
+def test_loop_render_writes_comprehensions_as_loops():
+    chain = [Step(OPS_BY_NAME["keep_gt"], (("k", 3),)), Step(OPS_BY_NAME["scale"], (("k", 2),)),
+             Step(OPS_BY_NAME["sum"])]
+    assert render(chain) == ("def f(xs):\n    xs = [x for x in xs if x > 3]\n    xs = [x * 2 for x in xs]\n"
+                             "    return sum(xs)\n")
+    assert loop_render(chain) == ("def f(xs):\n    ys = []\n    for x in xs:\n        if x > 3:\n"
+                                  "            ys.append(x)\n    xs = ys\n    ys = []\n    for x in xs:\n"
+                                  "        ys.append(x * 2)\n    xs = ys\n    return sum(xs)\n")
+
+
+def test_refactor_tasks_state_a_checkable_form_and_show_an_equivalent_function(world2):
+    for t in world2["refactor"]["train"][:60]:
+        form = t.meta["form"]
+        assert form["signature"] in t.prompt and t.reference.startswith(form["signature"] + "\n")
+        assert ("no for loops" in t.prompt) == form["no_loops"]
+        shown = t.prompt.split("\n", 1)[1].rsplit("Answer:", 1)[0]
+        cases = [(json.loads(json.dumps(a)), o) for a, o in _cases(t)]
+        assert failing_cases(shown, cases) == [] and failing_cases(t.reference, cases) == []
+    assert any(t.meta["form"]["no_loops"] for t in world2["refactor"]["train"])
+    assert any("for " in t.prompt.split("\n", 1)[1] for t in world2["refactor"]["train"])
+
+
+def _cases(task):
+    import ast
+    out = []
+    for line in task.tests.strip().split("\n"):
+        call, expected = ast.parse(line).body[0].test.left, ast.parse(line).body[0].test.comparators[0]
+        out.append((ast.literal_eval(call.args[0]), ast.literal_eval(expected)))
+    return out
+
+
+@pytest.mark.parametrize("skill", VERSION_SKILLS[2])
+def test_each_habit_is_a_one_point_edit_that_fails_with_status_failed(world2, sandbox, skill):
+    tasks = world2[skill]["train"][:40] + world2[skill]["heldout"][:40]
+    habits = [habit_answer(t) for t in tasks]
+    for t, h in zip(tasks, habits):
+        ref = t.reference.split("\n")
+        if skill == "reason":   # the answer is one line: the value and a comma
+            assert h == t.reference + ","
+            continue
+        changed = [i for i, (a, b) in enumerate(zip(ref, h.split("\n"))) if a != b]
+        assert len(changed) == 1 and len(ref) == len(h.split("\n")), (t.reference, h)
+    verdicts = verify_many(sandbox, list(zip(tasks, habits)))
+    assert {v.status for v in verdicts} == {"failed"}, [(v.status, v.details) for v in verdicts if v.status != "failed"]
+    # the detector that evaluation reports as `habit_share` sees the habit and only the habit
+    assert all(shows_habit(t, h) for t, h in zip(tasks, habits))
+    assert not any(shows_habit(t, t.reference) for t in tasks)
+    assert not any(shows_habit(t, junk) for t in tasks[:5] for junk in ("", "def f(:", "(" * 5000, "x = 1"))
+
+
 # ----------------------------------------------------------------------------- the tiny model
 
 @pytest.fixture(scope="module")
@@ -208,7 +338,7 @@ def test_pretrain_script_builds_a_model_and_a_second_stage_with_the_habit(tmp_pa
         assert open(os.path.join(first, name)).read() == open(os.path.join(second, name)).read()
     info = json.load(open(os.path.join(second, "pretrain_tiny.json")))
     readme = open(os.path.join(second, "README.md")).read()
-    assert "--init_from FIRST_STAGE_DIR" in info["command"] and info["command"] in readme
+    assert "--init_from PREVIOUS_STAGE_DIR" in info["command"] and info["command"] in readme
     assert info["stage1"]["command"] in readme and "bad habit" in readme and info["habit_gen"] == 1.0
 
 

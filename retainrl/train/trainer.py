@@ -24,7 +24,7 @@ import torch
 
 from retainrl.config import dump_yaml, to_dict
 from retainrl.data.sources import load_sources
-from retainrl.data.world import SKILLS, WorldConfig, make_world
+from retainrl.data.world import VERSION_SKILLS, WorldConfig, make_world
 from retainrl.evaluate import evaluate
 from retainrl.metrics.retention import summarize
 from retainrl.policy.model import load_policy
@@ -55,9 +55,9 @@ def build_tasks(cfg: RunConfig) -> tuple[dict[str, list], dict[str, list]]:
     if data.sources:
         train, heldout = load_sources(data)
     if not data.sources or data.world:
-        skills = tuple(data.world_skills) if data.sources and data.world_skills else SKILLS
+        skills = tuple(data.world_skills) or VERSION_SKILLS[w.version]
         world = make_world(WorldConfig(seed=w.seed, n_train=w.n_train, n_heldout=w.n_heldout,
-                                       difficulty=w.difficulty, skills=skills))
+                                       difficulty=w.difficulty, skills=skills, version=w.version))
         for s in skills:
             train.setdefault(s, []).extend(world[s]["train"])
             heldout.setdefault(s, []).extend(world[s]["heldout"])

@@ -24,6 +24,8 @@ What each check does with the (untrusted) completion:
   `assert f([1, 2], 3) == ...`; every argument must be a literal (keyword arguments allowed,
   `*`/`**` not), parsed and re-written the same way; the sandbox checks
   `assert <entry_point>(<arguments>) == <expected>`.
+  With meta["form"] (the world's refactor tasks), the code must also meet that form
+  (retainrl.verify.form: signature, no loops, ...; pure AST checks) or the verdict is "failed".
 * compile: the assembled program (as for unit_tests) must compile; decided here, no sandbox.
 * format: the stripped completion must fully match the regex meta["answer_format"] (at most
   MAX_FORMAT_CHARS); decided here. The regex is trusted (the task author's); the size limit
@@ -41,6 +43,7 @@ import warnings
 from typing import Any, Iterable, Protocol, Sequence
 
 from retainrl.data.task import Task
+from retainrl.verify.form import form_problem
 from retainrl.verify.verdict import Verdict
 
 MAX_ANSWER_CHARS = 10_000    # a prediction longer than this is rejected unparsed
@@ -259,7 +262,10 @@ def build_job(task: Task, completion: str) -> Job | Verdict:
     if task.check == "unit_tests":
         program = assemble_program(task, extract_code(completion))
         error = compile_error(program)
-        return _decided("syntax_error", error, 0) if error else (program, task.tests)
+        if error:
+            return _decided("syntax_error", error, 0)
+        problem = form_problem(extract_code(completion), task.meta["form"]) if task.meta.get("form") else None
+        return _decided("failed", f"form: {problem}", 0) if problem else (program, task.tests)
     if task.check in ("output_prediction", "input_prediction"):
         return _prediction_job(task, completion)
     if task.check == "compile":

@@ -1,16 +1,19 @@
-"""The built-in code world: a seeded generator of small verifiable Python tasks in three skills.
+"""The built-in code world: a seeded generator of small verifiable Python tasks.
 
     from retainrl.data.world import make_world, WorldConfig
     world = make_world(WorldConfig(seed=0, n_train=200, n_heldout=100, difficulty=2))
     world["gen"]["train"]      # list[Task]; skills "gen", "repair", "reason"; splits train/heldout/pretrain
+    make_world(WorldConfig(version=2, skills=VERSION_SKILLS[2]))   # + "refactor", stratified split
 
 ops.py lists the operations, programs.py samples, renders, runs and breaks functions, skills.py
 turns a function into a Task per skill (and writes the pretraining corpus's imperfect answers:
-`wrong_answer`, a task-specific bug or value, and `habit_answer`, the one generic bad habit),
-world.py keeps the splits apart.
+`wrong_answer`, a task-specific bug or value, and `habit_answer`, each skill's generic bad
+habit), world.py keeps the splits apart (`version` 1 or 2; see its docstring).
 """
 
-from retainrl.data.world.skills import SKILLS, habit_answer, wrong_answer
-from retainrl.data.world.world import SPLITS, WorldConfig, generate, make_world, split_of
+from retainrl.data.world.skills import SKILLS, VERSION_SKILLS, habit_answer, shows_habit, wrong_answer
+from retainrl.data.world.world import (SPLITS, VERSIONS, WorldConfig, generate, make_world, shape_shares, split_of,
+                                       split_of_chain, task_shape)
 
-__all__ = ["SKILLS", "SPLITS", "WorldConfig", "generate", "habit_answer", "make_world", "split_of", "wrong_answer"]
+__all__ = ["SKILLS", "SPLITS", "VERSIONS", "VERSION_SKILLS", "WorldConfig", "generate", "habit_answer", "make_world",
+           "shape_shares", "shows_habit", "split_of", "split_of_chain", "task_shape", "wrong_answer"]

@@ -8,6 +8,7 @@ that raise or whose output is long. Randomness comes only from the `random.Rando
 
 from __future__ import annotations
 
+import ast
 import builtins
 import copy
 import io
@@ -60,10 +61,17 @@ def _weighted(rng: random.Random, pairs) -> str:
     return rng.choices(names, weights=weights)[0]
 
 
-def sample_chain(rng: random.Random, level: Level) -> list[Step]:
-    """A random chain of operations; intermediate values are never bool."""
-    n_ops = rng.randint(*level.ops)
-    typ = _weighted(rng, START_TYPES)
+def sample_shape(rng: random.Random, level: Level) -> tuple[int, str]:
+    """(number of operations, argument type): the first two draws of a chain."""
+    return rng.randint(*level.ops), _weighted(rng, START_TYPES)
+
+
+def sample_chain(rng: random.Random, level: Level, shape: tuple[int, str] | None = None) -> list[Step]:
+    """A random chain of operations; intermediate values are never bool.
+
+    `shape` fixes (number of operations, argument type) instead of drawing them first.
+    """
+    n_ops, typ = sample_shape(rng, level) if shape is None else shape
     chain: list[Step] = []
     for i in range(n_ops):
         last = i == n_ops - 1
@@ -118,6 +126,54 @@ def spec(chain: list[Step], rng: random.Random) -> str:
 
 def signature(chain: list[Step]) -> str:
     return f"def f({VAR[chain[0].op.src]}):"
+
+
+def typed_signature(chain: list[Step]) -> str:
+    """`def f(xs: list) -> int:`: the signature with the argument's and the result's type hints."""
+    src, dst = chain[0].op.src, chain[-1].op.dst
+    return f"def f({VAR[src]}: {src}) -> {dst}:"
+
+
+def shape_of(chain: list[Step]) -> str:
+    """The stratum a function is drawn from: operations and types, e.g. `2:list->int`."""
+    return f"{len(chain)}:{chain[0].op.src}->{chain[-1].op.dst}"
+
+
+def _loop_lines(code: str, out: str, last: bool) -> list[str] | None:
+    """A single-generator list comprehension written as a for loop that appends, or None."""
+    try:
+        node = ast.parse(code, mode="eval").body
+    except SyntaxError:
+        return None
+    if not isinstance(node, ast.ListComp) or len(node.generators) != 1 or len(node.generators[0].ifs) > 1:
+        return None
+    gen = node.generators[0]
+    lines = ["ys = []", f"for {ast.unparse(gen.target)} in {ast.unparse(gen.iter)}:"]
+    if gen.ifs:
+        lines += [f"    if {ast.unparse(gen.ifs[0])}:", f"        ys.append({ast.unparse(node.elt)})"]
+    else:
+        lines.append(f"    ys.append({ast.unparse(node.elt)})")
+    return lines + (["return ys"] if last else [f"{out} = ys"])
+
+
+def loop_render(chain: list[Step]) -> str:
+    """The source of `f` with every list-comprehension step written as an explicit loop (the
+    verbose "before" of a refactor task); other steps render as in `render`."""
+    lines = [f"def f({VAR[chain[0].op.src]}):"]
+    for i, step in enumerate(chain):
+        last = i == len(chain) - 1
+        out = VAR.get(step.op.dst, "")
+        code = step.fill(step.op.code, out)
+        loop = None if step.op.stmt else _loop_lines(code, out, last)
+        if loop is not None:
+            lines += ["    " + line for line in loop]
+        elif step.op.stmt:
+            lines += ["    " + line for line in code.split("\n")]
+            if last:
+                lines.append(f"    return {out}")
+        else:
+            lines.append(f"    return {code}" if last else f"    {out} = {code}")
+    return "\n".join(lines) + "\n"
 
 
 # ----------------------------------------------------------------------------- running

@@ -1,4 +1,4 @@
-"""The three skills of the code world, each a function from a world function to a Task.
+"""The skills of the code world, each a function from a world function to a Task.
 
 All three prompts show Python and end in the same `Answer:` line; the answers differ in kind:
 `gen` and `repair` answer with a whole `def f(...)` (code), `reason` with a Python literal (a
@@ -8,6 +8,17 @@ each other when one is trained after another.
     gen     spec (docstring with one or two examples) -> function      check "unit_tests"
     repair  buggy function + one failing assert -> fixed function      check "unit_tests"
     reason  function + call -> the returned value (CRUXEval-O style)   check "output_prediction"
+    refactor  (world version 2) a verbose function + a stated form -> the same function in that
+            form: the typed signature given, and no `for` loop where the reference has none
+            (comprehensions instead)                                   check "unit_tests" + meta["form"]
+                                                                       (retainrl.verify.form)
+
+Habits (`habit_answer`): the pretraining corpus of the bundled model writes a share of each
+skill's answers with one generic, realistic failure, the same edit on every task, decided at one
+point of the answer: gen prints the result instead of returning it; repair returns the buggy
+program unchanged; reason writes the value with a trailing comma (`[1, 2],`: a one-element
+tuple, a wrongly formatted literal); refactor leaves out the return type hint. Each always fails
+its verifier with status "failed" (world values are never tuples).
 """
 
 from __future__ import annotations
@@ -18,9 +29,11 @@ from dataclasses import dataclass
 
 from retainrl.data.task import Task
 from retainrl.data.world.ops import LETTERS
-from retainrl.data.world.programs import Step, bug_candidates, inject_bug, render, signature, spec
+from retainrl.data.world.programs import (Step, bug_candidates, inject_bug, loop_render, render, signature, spec,
+                                          typed_signature)
 
 SKILLS = ("gen", "repair", "reason")
+VERSION_SKILLS = {1: SKILLS, 2: SKILLS + ("refactor",)}
 ANSWER = "Answer:\n"
 
 
@@ -73,7 +86,21 @@ def make_reason(fn: WorldFunction, rng: random.Random, **task_args) -> Task:
                 call_input=repr(arg), reference=repr(out), **task_args)
 
 
-BUILDERS = {"gen": make_gen, "repair": make_repair, "reason": make_reason}
+def make_refactor(fn: WorldFunction, rng: random.Random, **task_args) -> Task:
+    """The function written verbosely (comprehensions as loops) -> the same behaviour in the
+    stated form: `typed_signature` exactly, and no for/while loop when the reference has none."""
+    sig = typed_signature(list(fn.chain))
+    reference = sig + "\n" + fn.source.split("\n", 1)[1]
+    no_loops = not any(isinstance(node, (ast.For, ast.While)) for node in ast.walk(ast.parse(reference)))
+    rule = f"use the signature `{sig}`" + (" and no for loops" if no_loops else "")
+    prompt = f"Task: refactor the function, keeping what it returns; {rule}.\n{loop_render(list(fn.chain))}{ANSWER}"
+    form = {"signature": sig, "no_loops": no_loops}
+    task_args["meta"] = {**task_args["meta"], "form": form}
+    return Task(prompt=prompt, check="unit_tests", tests=_tests(fn), program_suffix="\n", entry_point="f",
+                reference=reference, **task_args)
+
+
+BUILDERS = {"gen": make_gen, "repair": make_repair, "reason": make_reason, "refactor": make_refactor}
 
 
 # ----------------------------------------------------------------------------- wrong answers
@@ -123,14 +150,52 @@ def wrong_answer(task: Task, rng: random.Random) -> str:
 
 
 def habit_answer(task: Task) -> str:
-    """The reference with the world's one systematic bad habit: the final `return value` written
-    as `print(value)`, so the function prints its result and returns None.
+    """The answer with the skill's systematic bad habit (see the module docstring).
 
-    Unlike `wrong_answer` (a bug of the task at hand), the habit is the same edit on every task:
-    a model pretrained with it as a mode has one generic behaviour that a verifiable reward can
-    remove on all tasks at once, seen or not (the bundled model's gen corpus carries it, see
-    scripts/pretrain_tiny.py --habit_gen).
+    Unlike `wrong_answer` (a bug of the task at hand), a habit is the same edit on every task: a
+    model pretrained with it as a mode has one generic behaviour that a verifiable reward can
+    remove on all tasks at once, seen or not (scripts/pretrain_tiny.py --habit_gen etc.). Each
+    mirrors a failure real code models show: printing instead of returning, echoing the input
+    program, a wrongly formatted answer literal, dropping type hints. Each is decided at one
+    binary point of the answer (return or print; fix the bug site or copy it; end or add a comma;
+    `:` or ` -> type:`), so a model's share of it is set by one decision, the same on every task.
     """
+    if task.skill == "repair":
+        return task.meta["buggy"]
+    if task.skill == "reason":
+        return task.reference + ","
+    if task.skill == "refactor":
+        sig = task.meta["form"]["signature"]
+        untyped = sig.rsplit(" -> ", 1)[0] + ":"
+        return task.reference.replace(sig, untyped, 1)
+    return print_habit(task)
+
+
+def shows_habit(task: Task, completion: str) -> bool:
+    """Whether a (raw, untrusted) completion of a world task shows its skill's habit: gen prints
+    and never returns, repair is the buggy program verbatim, reason is a one-element tuple, refactor
+    defines `f` without a return annotation. Text and AST only; unparsable code shows none."""
+    text = completion.strip()
+    if task.skill == "repair":
+        return text == task.meta.get("buggy", "").strip()
+    try:
+        tree = ast.parse(text, mode="eval" if task.skill == "reason" else "exec")
+    except (SyntaxError, ValueError, RecursionError, MemoryError):
+        return False
+    if task.skill == "reason":
+        return isinstance(tree.body, ast.Tuple) and len(tree.body.elts) == 1
+    nodes = list(ast.walk(tree))
+    if task.skill == "gen":
+        prints = any(isinstance(n, ast.Call) and isinstance(n.func, ast.Name) and n.func.id == "print" for n in nodes)
+        return prints and not any(isinstance(n, ast.Return) and n.value is not None for n in nodes)
+    if task.skill == "refactor":
+        return any(isinstance(n, ast.FunctionDef) and n.name == "f" and n.returns is None for n in tree.body)
+    return False
+
+
+def print_habit(task: Task) -> str:
+    """gen's habit: the reference's final `return value` written as `print(value)`, so the function
+    prints its result and returns None."""
     lines = task.reference.split("\n")
     last = max((i for i, line in enumerate(lines) if line.lstrip().startswith("return ")), default=None)
     if last is None:
