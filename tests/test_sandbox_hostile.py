@@ -15,6 +15,7 @@ import time
 import pytest
 
 from retainrl.verify import Sandbox
+from retainrl.verify.verdict import Job
 
 TESTS = "assert f(1) == 2\nassert f(5) == 6\n"
 TESTS_ABS = "assert abs(f(1) - 2) < 1e-6\nassert abs(f(5) - 6) < 1e-6\n"
@@ -232,10 +233,12 @@ RESOURCE = {
     "memory_bomb_single": ("x = bytearray(10**11)\n", "oom"),
     "memory_bomb_growing": ("l = []\nwhile True:\n    l.append(bytearray(10**7))\n", ("oom", "timeout")),
     "fork_bomb": ("import os\nwhile True:\n    os.fork()\n", "error"),
-    "detached_child": ("import os\nif os.fork() == 0:\n    os.setsid()\n    import time\n    time.sleep(100)\n", "error"),
+    # A fork is allowed (up to the process limit); the job's PID namespace ends every process.
+    # The parent defines no `f`, so the tests fail.
+    "detached_child": ("import os\nif os.fork() == 0:\n    os.setsid()\n    import time\n    time.sleep(100)\n", "failed"),
     "subprocess_detached": ("import subprocess\nsubprocess.Popen(['sleep', '100'], start_new_session=True)\n", "error"),
     "posix_spawn": ("import os\nos.posix_spawn('/bin/sleep', ['sleep', '100'], {})\n", "error"),
-    "system": ("import os\nos.system('sleep 100 &')\n", "error"),
+    "system": ("import os\nos.system('sleep 100 &')\n", "failed"),  # no execve: the shell never runs
     "runaway_threads": ("import threading\nfor _ in range(10000):\n"
                         "    threading.Thread(target=lambda: [0 for _ in iter(int, 1)], daemon=True).start()\n"
                         "while True: pass\n", None),
@@ -246,7 +249,7 @@ RESOURCE = {
     "stdin_block": ("input()\n", "error"),
     "stdin_read": ("import sys\nsys.stdin.read()\nwhile True: pass\n", "timeout"),
     "kill_parent": ("import os, signal\nos.kill(os.getppid(), signal.SIGKILL)\n", "error"),
-    "kill_group": ("import os, signal\nos.killpg(0, signal.SIGKILL)\n", "error"),
+    "kill_group": ("import os, signal\nos.killpg(0, signal.SIGKILL)\n", ("killed", "timeout")),  # kills itself
     "kill_all": ("import os, signal\nos.kill(-1, signal.SIGKILL)\n", "error"),
     "fd_exhaustion": ("fs = [open('f%d' % i, 'w') for i in range(100000)]\n", "error"),
     "disk_fill": ("with open('big', 'wb') as fh:\n    while True: fh.write(b'x' * 2**20)\n", "error"),
@@ -351,7 +354,8 @@ def test_honest_benchmark_idioms(sandbox):
         "class_in_tests": ("def f(x):\n    return x + 1\n",
                            "class Checker:\n    def run(self):\n        return f(1) == 2\nassert Checker().run()\n"),
         "kwarg_named_f": ("def g(**kw):\n    return kw\n", "assert dict(f=1) == {'f': 1}\nassert g(f=2) == {'f': 2}\n"),
-        "program_shadows_sum": ("def sum(a, b):\n    return a + b\n", "assert sum(10, 15) == 25\n"),
+        # a builtin name means the program's only when the task exports it (MBPP's `sum`)
+        "program_shadows_sum": Job("def sum(a, b):\n    return a + b\n", "assert sum(10, 15) == 25\n", exports=["sum"]),
         "program_object_method": ("class Stack:\n    def __init__(self): self.items = []\n"
                                   "    def push(self, x): self.items.append(x); return len(self.items)\n",
                                   "s = Stack()\nassert s.push(3) == 1\nassert s.push(4) == 2\n"),

@@ -44,13 +44,13 @@ from typing import Any, Iterable, Protocol, Sequence
 
 from retainrl.data.task import Task
 from retainrl.verify.form import form_problem
-from retainrl.verify.verdict import Verdict
+from retainrl.verify.verdict import Job, Verdict
 
 MAX_ANSWER_CHARS = 10_000    # a prediction longer than this is rejected unparsed
 MAX_PROGRAM_CHARS = 200_000  # compile here only below this; longer programs are rejected
 MAX_FORMAT_CHARS = 10_000
+MAX_DECIMAL_BITS = 4_000      # ints wider than this are written in hex (no digit limit)
 
-Job = tuple[str, str]  # (program, tests)
 
 
 class SandboxLike(Protocol):
@@ -161,6 +161,8 @@ def literal_source(value: Any) -> str:
         return inner if isinstance(value, set) else f"frozenset({inner})"
     if isinstance(value, dict):
         return "{" + ", ".join(f"{literal_source(k)}: {literal_source(v)}" for k, v in value.items()) + "}"
+    if type(value) is int and value.bit_length() > MAX_DECIMAL_BITS:
+        return hex(value)  # repr would hit the int-to-str digit limit (ValueError)
     if value is None or isinstance(value, (bool, int, float, complex, str, bytes)):
         return repr(value)
     raise TypeError(f"not literal data: {type(value).__name__}")
@@ -245,6 +247,38 @@ def compile_error(program: str) -> str | None:
     return None
 
 
+def trusted_prelude(prefix: str, entry_point: str | None) -> str:
+    """The task's own definitions in `prefix` (imports, helpers, constants; not the entry point),
+    as source for the trusted side: tests that use a prompt helper (HumanEval/32's `poly`,
+    /38's `encode_cyclic`) get the task's, never the program's. "" when none or unparsable.
+
+    The prefix may end inside the entry point's open `def` (a HumanEval prompt ends with its
+    docstring, which parses; a bare signature line does not): then only the part before the
+    last top-level `def`/`class` line is used.
+    """
+    if not prefix.strip():
+        return ""
+    tree = _parse_quietly(prefix)
+    if tree is None:
+        heads = list(re.finditer(r"^(async\s+def|def|class)\s", prefix, re.M))
+        tree = _parse_quietly(prefix[:heads[-1].start()]) if heads else None
+    if tree is None:
+        return ""
+    keep = [node for node in tree.body
+            if isinstance(node, (ast.Import, ast.ImportFrom, ast.Assign, ast.AnnAssign))
+            or (isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)) and node.name != entry_point)]
+    return ast.unparse(ast.Module(body=keep, type_ignores=[])) + "\n" if keep else ""
+
+
+def _parse_quietly(src: str) -> ast.Module | None:
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return ast.parse(src)
+    except (SyntaxError, ValueError, RecursionError, MemoryError):
+        return None
+
+
 def _decided(status: str, details: str, units_total: int = 1) -> Verdict:
     passed = status == "passed"
     return Verdict(passed=passed, status=status, score=1.0 if passed else 0.0, details=details,
@@ -265,7 +299,10 @@ def build_job(task: Task, completion: str) -> Job | Verdict:
         if error:
             return _decided("syntax_error", error, 0)
         problem = form_problem(extract_code(completion), task.meta["form"]) if task.meta.get("form") else None
-        return _decided("failed", f"form: {problem}", 0) if problem else (program, task.tests)
+        if problem:
+            return _decided("failed", f"form: {problem}", 0)
+        exports = (task.entry_point,) if task.entry_point else ()
+        return Job(program, task.tests, trusted_prelude(task.program_prefix, task.entry_point), exports)
     if task.check in ("output_prediction", "input_prediction"):
         return _prediction_job(task, completion)
     if task.check == "compile":
@@ -286,7 +323,7 @@ def _prediction_job(task: Task, completion: str) -> Job | Verdict:
             assertion = f"assert {fn}({parse_input_prediction(answer, fn)}) == {task.expected}\n"
     except Rejected as e:
         return _decided(e.status, str(e))
-    return task.tests, assertion
+    return Job(task.tests, assertion, "", (fn,))
 
 
 def _format_verdict(task: Task, completion: str) -> Verdict:
@@ -306,7 +343,7 @@ def build_case_jobs(task: Task, completion: str) -> list[Job] | Verdict:
     job = build_job(task, completion)
     if isinstance(job, Verdict):
         return job
-    return [(job[0], case) for case in task.meta["case_tests"]]
+    return [Job(job[0], case, job.trusted, job.exports) for case in task.meta["case_tests"]]
 
 
 def _has_cases(task: Task) -> bool:
@@ -350,7 +387,13 @@ def verify_many(sandbox: SandboxLike, pairs: Iterable[tuple[Task, str]]) -> list
     plans: list[Verdict | tuple[bool, list[Job], float]] = []
     for task, completion in pairs:
         per_case = _has_cases(task)
-        jobs = build_case_jobs(task, completion) if per_case else build_job(task, completion)
+        try:
+            jobs = build_case_jobs(task, completion) if per_case else build_job(task, completion)
+        except (ValueError, TypeError, OverflowError, RecursionError, MemoryError) as e:
+            # what reaches here is a task or answer the checks cannot handle; it still gets a
+            # Verdict, never an exception in the middle of a batch
+            plans.append(_decided("error", f"could not build the job: {type(e).__name__}: {e}"[:300], 0))
+            continue
         if isinstance(jobs, Verdict):
             plans.append(jobs)
         else:

@@ -4,30 +4,40 @@
     with Sandbox(workers=2) as sb:
         v = sb.run_tests(program, tests, timeout_s=5.0)                 # -> Verdict
         vs = sb.run_tests_many([(program, tests), ...], timeout_s=5.0)   # parallel, order kept
+        sb.isolation                                                     # what is enforced here
 
-What is isolated (see worker.py and harness.py for how):
-- each program runs in its own process, forked from a warm worker that pre-imported the
-  standard library (no interpreter start per program), in a new session and process group;
-- wall-clock limit enforced from outside (SIGKILL to the process group), CPU-time, address
-  space, file size, open files and (with a sandbox uid) process-count rlimits;
-- stdin is /dev/null; output is captured in memory and truncated; the environment is scrubbed;
-  cwd, HOME and TMPDIR are a fresh temp directory, removed afterwards;
-- when run as root: an empty network namespace for the workers, and every child drops to a
-  per-worker uid with no other files of its own, so it cannot write outside its temp directory
-  or signal the worker; after each job every process of that uid is killed;
-- always: an audit hook refusing process creation, signals, sockets, ctypes, frame and gc
-  introspection, tracing, changes to pre-existing classes and functions, writes outside the
-  temp directory; guards that let only plain data reach the tests' comparisons; a verdict
-  record authenticated by a per-job nonce.
+Design (see worker.py, judge.py, program.py, confine.py): the verdict is decided in a process
+the program cannot touch. Each worker is a trusted judge; it forks, at start-up and before
+any job exists, a confined zygote, which forks one program process per job. The tests run in
+the worker and reach the program only through a socket carrying plain data (wire.py): calls
+by handle with tagged-literal arguments, tagged-literal results, program objects as handles
+without truth value, length, iteration, subscripting or equality of the program's making.
+Prompt helpers the tests use come from the task's trusted text (`trusted=`), never from the
+program. The program's output and exit are data, never a verdict.
+
+What is isolated:
+- the program cannot read or write the worker's memory, files or pipes: another process,
+  outside its PID namespace and its Landlock domain (no ptrace, no signals out of it);
+- where permitted (reported in `isolation`, warned about when missing): mount, network
+  (empty), IPC, UTS and PID namespaces; a per-worker uid when root (or a user namespace
+  mapping the caller's uid); Landlock: reads only in the Python installation and system
+  libraries, writes only in the job's own folder on a private /tmp, no execve, no TCP;
+  rlimits (CPU, address space, file size, open files, core, processes with an own uid);
+- the wall clock from outside; every process of a job is killed when the job ends (as PID 1
+  of the namespace, the zygote kills all others); stdin is /dev/null; output goes to a
+  file the worker reads (first 4 KiB kept); the environment is scrubbed;
+- the program never sees the tests, the datasets, or other jobs' programs (the zygote was
+  forked before any job, and each program process only receives its own program).
 
 What is NOT isolated:
-- reads of world-readable files (the program can read the file system);
-- without root: no network namespace (sockets are refused by the audit hook only), no uid
-  drop (file writes are refused by the audit hook only), no process-count limit;
-- no mount namespace, seccomp or cgroup: CPU and memory are limited per process, not per tree;
-- a test that hands one of its own functions to the program exposes the test namespace to it;
-  a program can change `__class__` of pre-existing non-module objects (e.g. the global
-  `random` instance); native extension modules that the program imports run unconfined.
+- no seccomp: the whole syscall surface of the kernel is reachable (Landlock and namespaces
+  limit what the calls can touch); no cgroup: CPU and memory are limited per process;
+- world-readable files under /usr and the Python installation are readable;
+- the trusted tests run in the worker on data the program chose: a value that makes trusted
+  code slow or large is bounded by the deadline (SIGALRM, then the Sandbox's outer limit,
+  which restarts the worker) and by message size limits, not by a separate process;
+- a test that passes its own functions or objects to the program lets the program call them
+  (with data) and read their public attributes.
 The Sandbox survives workers that die (they are restarted) and keeps serving.
 """
 
@@ -43,10 +53,14 @@ import subprocess
 import sys
 import threading
 import time
+import warnings
 import weakref
 
-from retainrl.verify.verdict import Verdict
+from retainrl.verify.verdict import STATUSES, Job, Verdict
 from retainrl.verify.worker import read_message, write_message
+
+OUTER_MARGIN_S = 5.0  # past the job's own limit, the Sandbox gives up on a worker
+EXPECTED_MISSING = frozenset({"seccomp"})  # not part of this design (see confine.py)
 
 _instance_counter = itertools.count()
 _live_sandboxes: "weakref.WeakSet[Sandbox]" = weakref.WeakSet()
@@ -69,7 +83,7 @@ class _WorkerHandle:
     def start(self) -> None:
         env = {k: v for k, v in os.environ.items() if k in ("PATH", "PYTHONPATH", "LANG", "LC_ALL",
                                                           "OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE",
-                                                          "VIRTUAL_ENV", "RETAINRL_SANDBOX_UNSHARE")}
+                                                          "VIRTUAL_ENV")}
         env.update({"PYTHONHASHSEED": "0", "PYTHONDONTWRITEBYTECODE": "1", "OPENBLAS_NUM_THREADS": "1",
                     "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"})
         self.proc = subprocess.Popen(
@@ -125,27 +139,16 @@ class _WorkerHandle:
                 f.close()
             except OSError:
                 pass
-        if self.info.get("uid") is not None:
-            _sweep_uid(self.info["uid"])
         self.proc = None
-
-
-def _sweep_uid(uid: int) -> None:
-    """Kill every process of a sandbox uid (root only), from a short-lived helper process."""
-    try:
-        subprocess.run([sys.executable, "-S", "-c", "import os,signal; os.kill(-1, signal.SIGKILL)"],
-                       user=uid, group=uid, extra_groups=[], timeout=10,
-                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={})
-    except (OSError, subprocess.SubprocessError):
-        pass
 
 
 class Sandbox:
     """A pool of `workers` warm worker processes. Use as a context manager or call close().
 
     memory_mb:     address-space budget per program on top of the worker's own footprint.
-    output_limit:  bytes of program output kept (the rest is dropped).
-    isolate_uid:   drop each child to a per-worker uid (needs root; default: when root).
+    output_limit:  unused (kept for callers); the first 4 KiB of output are kept, up to the
+                   16 MiB file-size limit is counted.
+    isolate_uid:   run programs under a per-worker uid (needs root; default: when root).
     """
 
     def __init__(self, workers: int = 2, *, memory_mb: int = 512, output_limit: int = 65536,
@@ -169,22 +172,36 @@ class Sandbox:
             self.close()
             raise
         _live_sandboxes.add(self)
+        missing = {k: v for k, v in self.isolation["missing"].items() if k not in EXPECTED_MISSING}
+        if missing:
+            warnings.warn("retainrl Sandbox: isolation layers NOT enforced on this machine: "
+                          + "; ".join(f"{k}: {v}" for k, v in missing.items()), RuntimeWarning, stacklevel=2)
 
     # ------------------------------------------------------------------------------------
+    @property
+    def isolation(self) -> dict:
+        """What the program processes run under on this machine, from the first worker:
+        {"layers": {layer: description}, "missing": {layer: why not}, "uid": ...,
+        "pid_namespace": bool, "landlock_abi": int}. See confine.py for the layers."""
+        return self._workers[0].info.get("isolation") or {"layers": {}, "missing": {"all": "no worker"}}
+
     @property
     def network_isolated(self) -> bool:
         return all(w.info.get("network_isolated") for w in self._workers)
 
     @property
     def uid_isolated(self) -> bool:
-        """True when every child runs under a sandbox uid (root, and a world-readable Python)."""
+        """True when every program runs under a sandbox uid of its own (root only)."""
         return all(w.info.get("uid") is not None for w in self._workers)
 
-    def run_tests(self, program: str, tests: str, timeout_s: float = 5.0) -> Verdict:
-        return self.run_tests_many([(program, tests)], timeout_s=timeout_s)[0]
+    def run_tests(self, program: str, tests: str, timeout_s: float = 5.0, *, trusted: str = "",
+                  exports=()) -> Verdict:
+        """One job; see Job for `trusted` and `exports`."""
+        return self.run_tests_many([Job(program, tests, trusted, exports)], timeout_s=timeout_s)[0]
 
     def run_tests_many(self, jobs, timeout_s: float | list[float] = 5.0) -> list[Verdict]:
-        """Run (program, tests) pairs in parallel across the workers; results in input order."""
+        """Run jobs ((program, tests) pairs or Job) in parallel across the workers; results in
+        input order. Never raises for a job's content: every job gets a Verdict."""
         jobs = list(jobs)
         timeouts = list(timeout_s) if isinstance(timeout_s, (list, tuple)) else [float(timeout_s)] * len(jobs)
         if len(timeouts) != len(jobs):
@@ -193,9 +210,11 @@ class Sandbox:
             raise RuntimeError("Sandbox is closed")
         results: list[Verdict | None] = [None] * len(jobs)
         todo: queue.Queue = queue.Queue()
-        for i, ((program, tests), t) in enumerate(zip(jobs, timeouts)):
+        for i, (job, t) in enumerate(zip(jobs, timeouts)):
+            program, tests = job
             todo.put((i, {"id": i, "program": program, "tests": tests, "timeout_s": max(0.05, float(t)),
-                          "memory_mb": self.memory_mb, "output_limit": self.output_limit}))
+                          "trusted": getattr(job, "trusted", ""), "exports": list(getattr(job, "exports", ())),
+                          "memory_mb": self.memory_mb}))
         with self._lock:
             threads = [threading.Thread(target=self._drain, args=(w, todo, results), daemon=True)
                        for w in self._workers[: max(1, min(len(self._workers), len(jobs)))]]
@@ -213,7 +232,10 @@ class Sandbox:
                 i, job = todo.get_nowait()
             except queue.Empty:
                 return
-            results[i] = self._run_on(w, job)
+            try:
+                results[i] = self._run_on(w, job)
+            except Exception as e:  # noqa: BLE001 - a Verdict for every job, whatever happened
+                results[i] = Verdict(False, "killed", 0.0, f"sandbox error: {type(e).__name__}: {e}"[:300])
 
     def _run_on(self, w: _WorkerHandle, job: dict) -> Verdict:
         t0 = time.monotonic()
@@ -222,12 +244,16 @@ class Sandbox:
         try:
             w.send(job)
             # The worker enforces the job's own limit; this outer one only catches a stuck worker.
-            msg = w.recv(job["timeout_s"] + 30.0)
+            msg = w.recv(job["timeout_s"] + OUTER_MARGIN_S)
         except (OSError, ValueError):
             msg = None
         if msg is None or msg.get("id") != job["id"]:
+            # A worker stuck past the job's limit (trusted test code in a long C call on data
+            # the program chose) is replaced; the job timed out.
+            stuck = w.alive()
             self._restart(w)
-            return Verdict(False, "killed", 0.0, "sandbox worker died or stopped answering",
+            return Verdict(False, "timeout" if stuck else "killed", 0.0,
+                           "sandbox worker stopped answering" if stuck else "sandbox worker died",
                            wall_s=time.monotonic() - t0)
         return _to_verdict(msg)
 
@@ -260,24 +286,27 @@ class Sandbox:
 
 
 def _to_verdict(msg: dict) -> Verdict:
-    status = msg.get("status", "error")
-    passed_units = int(msg.get("units_passed") or 0)
-    failed_units = int(msg.get("units_failed") or 0)
-    total = passed_units + failed_units
-    passed = status == "passed"
-    if passed:
-        score = 1.0
-    elif total and status in ("failed", "oom"):
-        score = passed_units / total
-    else:
-        score = 0.0
-    extra = {k: msg[k] for k in ("statements_done", "stdout_bytes", "violations") if msg.get(k) is not None}
-    return Verdict(passed=passed, status=status if status in
-                   ("passed", "failed", "error", "timeout", "oom", "syntax_error", "killed") else "error",
-                   score=score, details=str(msg.get("details") or "")[:500],
-                   stdout=str(msg.get("stdout") or ""), cpu_s=float(msg.get("cpu_s") or 0.0),
-                   wall_s=float(msg.get("wall_s") or 0.0), units_passed=passed_units, units_total=total,
-                   extra=extra)
+    """The Verdict for a worker's result record (a malformed record gives "killed")."""
+    try:
+        status = msg.get("status", "error")
+        passed_units = int(msg.get("units_passed") or 0)
+        failed_units = int(msg.get("units_failed") or 0)
+        total = passed_units + failed_units
+        passed = status == "passed"
+        if passed:
+            score = 1.0
+        elif total and status in ("failed", "oom"):
+            score = passed_units / total
+        else:
+            score = 0.0
+        extra = {k: msg[k] for k in ("statements_done", "stdout_bytes") if msg.get(k) is not None}
+        return Verdict(passed=passed, status=status if status in STATUSES else "error",
+                       score=score, details=str(msg.get("details") or "")[:500],
+                       stdout=str(msg.get("stdout") or ""), cpu_s=float(msg.get("cpu_s") or 0.0),
+                       wall_s=float(msg.get("wall_s") or 0.0), units_passed=passed_units, units_total=total,
+                       extra=extra)
+    except (TypeError, ValueError, AttributeError) as e:
+        return Verdict(False, "killed", 0.0, f"malformed result record: {type(e).__name__}")
 
 
 @atexit.register

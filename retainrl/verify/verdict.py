@@ -1,10 +1,30 @@
-"""The result of running untrusted code: a plain, immutable record (no torch, no models)."""
+"""Plain records of the verifier: Job (what to run) and Verdict (the result). No torch, no models."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
 STATUSES = ("passed", "failed", "error", "timeout", "oom", "syntax_error", "killed")
+
+
+class Job(tuple):
+    """A sandbox job: the pair (program, tests), plus options for the trusted side.
+
+    trusted: source whose top-level definitions the tests use, run on the trusted side (the
+             task's own helpers, e.g. a HumanEval prompt's `poly`); those names are never
+             taken from the program.
+    exports: names the tests may take from the program even though they are builtins
+             (MBPP's `sum`); other builtin names always mean the builtin.
+    Unpacks and compares as the 2-tuple (program, tests).
+    """
+
+    def __new__(cls, program: str, tests: str, trusted: str = "", exports=()):
+        self = super().__new__(cls, (program, tests))
+        self.trusted, self.exports = trusted, tuple(exports)
+        return self
+
+    def __getnewargs__(self):
+        return (self[0], self[1], self.trusted, self.exports)
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,487 @@
+"""The untrusted side: the zygote (a confined fork server) and the program process it forks.
+
+Nothing here is trusted by the verdict. Whatever this code sends, the judge (judge.py) treats
+as the program's answer; a program that rewrites this module can only send other answers.
+
+Zygote: forked by the worker at start-up, before any job exists (its memory holds no test, no
+program, no earlier job), confined once by confine.py, then a loop over the control socket:
+    {"op": "spawn", limits} + fds (RPC socket, output file) -> fork one program process
+    {"op": "reap"}  -> SIGKILL every process of the job, wait, remove its directory,
+                       reply {"status": wait status, "cpu_s": ...}
+Program process: its own session, rlimits, a nested Landlock layer (writes only in its job
+directory, no signals out of it) when available, stdout/stderr into the output file
+(write-through, so nothing is lost when it is killed), then serves the judge's requests:
+    def  {src, names}     exec the program in a fresh module; reply the values of `names`
+    call {h, a, k}        call handle h; reply the result and the new state of mutated args
+    get / set {h, n, v}   attribute of handle h
+    next {h, n}           up to n items of iterator handle h
+and calls back into the judge (tcall / tget) for trusted objects the tests passed to it.
+"""
+
+from __future__ import annotations
+
+import builtins
+import collections
+import datetime
+import decimal
+import fractions
+import io
+import json
+import math
+import os
+import re
+import resource
+import shutil
+import signal
+import socket
+import sys
+import tempfile
+import types
+
+from retainrl.verify import wire
+
+_ITER_MODULES = frozenset({"builtins", "itertools", "collections", "_collections", "re", "enum"})
+NEXT_BATCH_MAX = 4096
+
+
+# ------------------------------------------------------------------------------ values
+class TrustedRef:
+    """A trusted object (a test's function, class or object) seen from the program: calls and
+    attribute reads go back to the judge. Identity-only equality and hash."""
+
+    __slots__ = ("_tid", "_side")
+
+    def __call__(self, *args, **kwargs):
+        side = self._side
+        return side.back({"op": "tcall", "t": self._tid, "a": [side.enc(a) for a in args],
+                          "k": [[k, side.enc(v)] for k, v in kwargs.items()]})
+
+    def __getattr__(self, name):
+        return self._side.back({"op": "tget", "t": self._tid, "n": name})
+
+    def __setattr__(self, name, value):
+        if name in TrustedRef.__slots__:
+            object.__setattr__(self, name, value)
+        else:
+            self._side.back({"op": "tset", "t": self._tid, "n": name, "v": self._side.enc(value)})
+
+    def __repr__(self):
+        return f"<trusted object {self._tid}>"
+
+
+class ProgramSide:
+    """Handle tables and the value codec of the program process."""
+
+    def __init__(self, chan: wire.Channel):
+        self.chan, self.pid = chan, os.getpid()
+        self.objs: dict[int, object] = {}
+        self.ids: dict[int, int] = {}
+        self.trefs: dict[int, TrustedRef] = {}
+        self.ns: dict = {}
+        self._nt: dict = {}
+        d = {}
+        self.view_types = {type(d.keys()): "keys", type(d.values()): "values", type(d.items()): "items"}
+
+    # -- encoding ---------------------------------------------------------------------------
+    def handle(self, x) -> int:
+        h = self.ids.get(id(x))
+        if h is None:
+            h = len(self.objs) + 1
+            self.objs[h], self.ids[id(x)] = x, h
+        return h
+
+    def enc(self, x, d: int = 0):
+        t = type(x)
+        if t is str or t is bool or t is float or x is None:
+            return x
+        if t is int:
+            return wire.int_tag(x)
+        if d > wire.MAX_DEPTH:
+            raise ValueError("value nested too deeply to return")
+        d += 1
+        e = self.enc
+        if t is list:
+            return ["l", *[e(v, d) for v in x]]
+        if t is tuple:
+            return ["t", *[e(v, d) for v in x]]
+        if t is dict:
+            return self._pairs("d", x, d)
+        if t is set:
+            return ["s", *[e(v, d) for v in x]]
+        if t is frozenset:
+            return ["fs", *[e(v, d) for v in x]]
+        if t is bytes:
+            return ["b", x.decode("latin-1")]
+        if t is bytearray:
+            return ["ba", x.decode("latin-1")]
+        if t is TrustedRef:
+            return ["T", x._tid]
+        if t is type and getattr(builtins, x.__name__, None) is x:
+            return ["B", x.__name__]
+        special = self._special(x, t, d)
+        if special is not None:
+            return special
+        if t in self.view_types:
+            return ["kv", self.view_types[t], *[e(v, d) for v in x]]
+        if isinstance(x, types.GeneratorType) or (hasattr(t, "__next__") and t.__module__ in _ITER_MODULES):
+            return ["g", self.handle(x)]
+        for base, tag in ((int, None), (float, None), (str, None), (bytes, None), (list, "l"),
+                          (tuple, "t"), (dict, "d"), (set, "s"), (frozenset, "fs")):
+            if isinstance(x, base):  # a subclass of a value type travels as its base value
+                plain = base(x)
+                if type(plain) is base:
+                    return e(plain, d)
+        return ["h", self.handle(x), "f" if callable(x) else "o", getattr(t, "__name__", "?")[:80]]
+
+    def _pairs(self, tag, mapping, d):
+        out = [tag]
+        for k, v in mapping.items():
+            out.append(self.enc(k, d))
+            out.append(self.enc(v, d))
+        return out
+
+    def _special(self, x, t, d):
+        e = self.enc
+        if t is complex:
+            return ["c", x.real, x.imag]
+        if t is range:
+            return ["r", e(x.start), e(x.stop), e(x.step)]
+        if t is slice:
+            return ["sl", e(x.start, d), e(x.stop, d), e(x.step, d)]
+        if x is Ellipsis:
+            return ["E"]
+        if t is decimal.Decimal:
+            return ["D", str(x)]
+        if t is fractions.Fraction:
+            return ["F", e(x.numerator), e(x.denominator)]
+        if t is datetime.datetime:
+            off = x.utcoffset()
+            return ["dt", x.year, x.month, x.day, x.hour, x.minute, x.second, x.microsecond,
+                    None if off is None else off.total_seconds(), x.fold]
+        if t is datetime.date:
+            return ["date", x.year, x.month, x.day]
+        if t is datetime.time:
+            off = x.utcoffset()
+            return ["tm", x.hour, x.minute, x.second, x.microsecond,
+                    None if off is None else off.total_seconds(), x.fold]
+        if t is datetime.timedelta:
+            return ["td", x.days, x.seconds, x.microseconds]
+        if t is collections.Counter:
+            return self._pairs("C", x, d)
+        if t is collections.OrderedDict:
+            return self._pairs("OD", x, d)
+        if t is collections.defaultdict:
+            return self._pairs("dd", x, d)
+        if t is collections.deque:
+            return ["dq", x.maxlen, *[e(v, d) for v in x]]
+        if t is re.Match:
+            groups = [[x.group(i), *x.span(i)] for i in range(len(x.groups()) + 1)]
+            return ["M", e(x.string, d), [[e(g, d), s, f] for g, s, f in groups], dict(x.re.groupindex)]
+        if isinstance(x, tuple) and type(getattr(t, "_fields", None)) is tuple:
+            return ["nt", t.__name__, list(t._fields), *[e(v, d) for v in x]]
+        return None
+
+    # -- decoding (values from the judge: well-formed) ---------------------------------------
+    def dec(self, x):
+        if type(x) is not list:
+            return x
+        tag, rest = x[0], x[1:]
+        dec = self.dec
+        if tag == "H":
+            return self.objs[rest[0]]
+        if tag == "T":
+            ref = self.trefs.get(rest[0])
+            if ref is None:
+                ref = TrustedRef()
+                ref._tid, ref._side = rest[0], self
+                self.trefs[rest[0]] = ref
+            return ref
+        if tag == "I":
+            return int(rest[0], 16)
+        if tag == "B":
+            return getattr(builtins, rest[0])
+        if tag == "l":
+            return [dec(v) for v in rest]
+        if tag == "t":
+            return tuple(dec(v) for v in rest)
+        if tag in ("d", "C", "OD", "dd"):
+            pairs = [(dec(rest[i]), dec(rest[i + 1])) for i in range(0, len(rest), 2)]
+            return {"d": dict, "C": collections.Counter, "OD": collections.OrderedDict,
+                    "dd": lambda p: collections.defaultdict(None, p)}[tag](pairs)
+        if tag == "s":
+            return {dec(v) for v in rest}
+        if tag == "fs":
+            return frozenset(dec(v) for v in rest)
+        if tag == "b":
+            return rest[0].encode("latin-1")
+        if tag == "ba":
+            return bytearray(rest[0].encode("latin-1"))
+        if tag == "nt":
+            key = (rest[0], tuple(rest[1]))
+            cls = self._nt.get(key)
+            if cls is None:
+                cls = self._nt[key] = collections.namedtuple(rest[0], rest[1])
+            return cls(*[dec(v) for v in rest[2:]])
+        return _decode_common(tag, rest, dec)
+
+    # -- calls back into the judge -------------------------------------------------------------
+    def back(self, req: dict):
+        reply = self.chan.request(req)
+        if "exc" in reply:
+            name, msg = reply["exc"]
+            cls = getattr(builtins, name, None)
+            if not (isinstance(cls, type) and issubclass(cls, Exception)):
+                cls = RuntimeError
+            raise cls(msg)
+        return self.dec(reply.get("r"))
+
+    # -- serving the judge --------------------------------------------------------------------
+    def serve(self, msg: dict) -> dict:
+        try:
+            reply = self._serve(msg)
+        except BaseException as e:  # noqa: BLE001 - any exception is an answer
+            reply = {"exc": exc_info(e)}
+        if os.getpid() != self.pid:  # a fork of the program returned into this loop
+            os._exit(0)
+        return reply
+
+    def _serve(self, msg: dict) -> dict:
+        op = msg["op"]
+        if op == "call":
+            f = self.objs[msg["h"]]
+            raw = msg["a"]
+            args = [self.dec(a) for a in raw]
+            kwargs = {k: self.dec(v) for k, v in msg["k"]}
+            result = f(*args, **kwargs)
+            out = {"r": self.enc(result)}
+            changed = [[i, now] for i, (a, before) in enumerate(zip(args, raw))
+                       if type(a) in (list, dict, set, bytearray) and (now := self.enc(a)) != before]
+            if changed:
+                out["m"] = changed
+            return out
+        if op == "get":
+            return {"r": self.enc(getattr(self.objs[msg["h"]], msg["n"]))}
+        if op == "set":
+            setattr(self.objs[msg["h"]], msg["n"], self.dec(msg["v"]))
+            return {"r": None}
+        if op == "next":
+            it, items = self.objs[msg["h"]], []
+            for _ in range(min(int(msg["n"]), NEXT_BATCH_MAX)):
+                try:
+                    items.append(self.enc(next(it)))
+                except StopIteration:
+                    return {"r": items, "end": True}
+                except BaseException as e:  # noqa: BLE001
+                    return {"r": items, "exc": exc_info(e)}
+            return {"r": items, "end": False}
+        if op == "def":
+            return self._define(msg["src"], msg["names"])
+        raise ValueError(f"unknown op {op!r}")
+
+    def _define(self, src: str, names: list) -> dict:
+        module = types.ModuleType("__program__")
+        sys.modules["__program__"] = module
+        ns = self.ns = module.__dict__
+        ns["__builtins__"] = builtins
+        exec(compile(src, "<program>", "exec", dont_inherit=True), ns)
+        out = {}
+        for name in names:
+            if name in ns and not name.startswith("__"):
+                v = ns[name]
+                try:
+                    out[name] = ["mod", v.__name__] if type(v) is types.ModuleType else self.enc(v)
+                except Exception:  # noqa: BLE001 - an unencodable global is simply not offered
+                    continue
+        return {"names": out}
+
+
+def _decode_common(tag, rest, dec):
+    if tag == "c":
+        return complex(rest[0], rest[1])
+    if tag == "r":
+        return range(dec(rest[0]), dec(rest[1]), dec(rest[2]))
+    if tag == "sl":
+        return slice(dec(rest[0]), dec(rest[1]), dec(rest[2]))
+    if tag == "E":
+        return Ellipsis
+    if tag == "D":
+        return decimal.Decimal(rest[0])
+    if tag == "F":
+        return fractions.Fraction(dec(rest[0]), dec(rest[1]))
+    if tag == "date":
+        return datetime.date(*rest)
+    if tag == "dt":
+        tz = None if rest[7] is None else datetime.timezone(datetime.timedelta(seconds=rest[7]))
+        return datetime.datetime(*rest[:7], tzinfo=tz, fold=rest[8])
+    if tag == "tm":
+        tz = None if rest[4] is None else datetime.timezone(datetime.timedelta(seconds=rest[4]))
+        return datetime.time(*rest[:4], tzinfo=tz, fold=rest[5])
+    if tag == "td":
+        return datetime.timedelta(days=rest[0], seconds=rest[1], microseconds=rest[2])
+    if tag == "dq":
+        return collections.deque([dec(v) for v in rest[1:]], rest[0])
+    if tag == "kv":
+        items = [dec(v) for v in rest[1:]]
+        if rest[0] == "keys":
+            return dict.fromkeys(items).keys()
+        if rest[0] == "values":
+            return dict(enumerate(items)).values()
+        return dict(items).items()
+    raise ValueError(f"unknown tag {tag!r}")
+
+
+def exc_info(e: BaseException) -> list:
+    """[name of the nearest builtin exception class, message] for an exception of the program."""
+    name = "Exception"
+    for cls in type(e).__mro__:
+        if cls.__module__ == "builtins":
+            name = cls.__name__
+            break
+    try:
+        msg = str(e) if type(e).__module__ == "builtins" else type(e).__name__
+    except Exception:  # noqa: BLE001
+        msg = ""
+    return [name, msg[:300]]
+
+
+# ------------------------------------------------------------------------------ output
+class FdSink(io.RawIOBase):
+    """Raw writes to a file descriptor; a write the file-size limit refuses is dropped."""
+
+    def __init__(self, fd: int):
+        super().__init__()
+        self.fd = fd
+
+    def writable(self):
+        return True
+
+    def write(self, b):
+        n = len(b)
+        try:
+            view = memoryview(b)
+            while view:
+                view = view[os.write(self.fd, view):]
+        except OSError:
+            pass
+        return n
+
+
+# ------------------------------------------------------------------------------ program process
+def program_main(rpc_fd: int, out_fd: int, jobdir: str, limits: dict, confine_child) -> None:
+    """Runs in the forked program process. Never returns."""
+    try:
+        os.setsid()
+        devnull = os.open(os.devnull, os.O_RDONLY)
+        os.dup2(devnull, 0)
+        os.dup2(out_fd, 1)
+        os.dup2(out_fd, 2)
+        keep = {0, 1, 2, rpc_fd}
+        for fd in (devnull, out_fd):
+            if fd not in keep:
+                os.close(fd)
+        os.closerange(3, rpc_fd)
+        os.closerange(rpc_fd + 1, 1 << 16)
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # oversized writes fail instead of killing
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGPIPE, signal.SIGCHLD, signal.SIGALRM):
+            signal.signal(sig, signal.SIG_DFL)
+        os.chdir(jobdir)
+        os.environ.clear()
+        os.environ.update({"PATH": "/usr/bin:/bin", "HOME": jobdir, "TMPDIR": jobdir,
+                           "LANG": "C.UTF-8", "PYTHONHASHSEED": "0"})
+        tempfile.tempdir = jobdir
+        confine_child(jobdir, limits)
+        sys.setrecursionlimit(int(limits.get("recursion_limit", 3000)))
+        stream = io.TextIOWrapper(FdSink(1), encoding="utf-8", errors="replace", write_through=True)
+        sys.stdout = sys.stderr = sys.__stdout__ = sys.__stderr__ = stream
+        sys.modules["__main__"] = types.ModuleType("__main__")
+        chan = wire.Channel(rpc_fd)
+        side = ProgramSide(chan)
+        chan.serve = side.serve
+        while True:
+            msg = chan.recv()
+            chan.send(side.serve(msg))
+    except BaseException:  # noqa: BLE001 - the channel closed, or the program broke us
+        pass
+    finally:
+        os._exit(0)
+
+
+# ------------------------------------------------------------------------------ zygote
+def zygote_loop(ctl: socket.socket, base_dir: str, is_init: bool, confine_child) -> None:
+    """Serve spawn/reap requests from the worker until the control socket closes."""
+    jobs = 0
+    pid, jobdir = None, None
+    while True:
+        try:
+            data, fds, _, _ = socket.recv_fds(ctl, 65536, 4)
+        except OSError:
+            break
+        if not data:
+            break
+        msg = json.loads(data)
+        if msg["op"] == "spawn":
+            jobs += 1
+            jobdir = os.path.join(base_dir, f"j{jobs}")
+            os.mkdir(jobdir, 0o700)
+            pid = os.fork()
+            if pid == 0:
+                ctl.close()
+                program_main(fds[0], fds[1], jobdir, msg["limits"], confine_child)
+            for fd in fds:
+                os.close(fd)
+        elif msg["op"] == "reap":
+            status, cpu = _kill_and_reap(pid, is_init)
+            shutil.rmtree(jobdir, ignore_errors=True)
+            ctl.send(json.dumps({"status": status, "cpu_s": cpu}).encode())
+            pid = None
+    os._exit(0)
+
+
+def _kill_and_reap(pid: int | None, is_init: bool) -> tuple[int | None, float]:
+    """SIGKILL the job's processes (as PID 1 of the namespace: every other process in it),
+    wait for all of them; (wait status of the program process, its CPU seconds)."""
+    if pid is None:
+        return None, 0.0
+    if is_init:
+        try:
+            os.kill(-1, signal.SIGKILL)
+        except OSError:
+            pass
+    else:
+        for target in (lambda: os.killpg(pid, signal.SIGKILL), lambda: os.kill(pid, signal.SIGKILL)):
+            try:
+                target()
+            except OSError:
+                pass
+    status, cpu = None, 0.0
+    while True:
+        try:
+            got, st, ru = os.wait4(-1, 0)
+        except ChildProcessError:
+            break
+        except InterruptedError:
+            continue
+        if got == pid:
+            status, cpu = st, ru.ru_utime + ru.ru_stime
+            if not is_init:
+                break  # without a PID namespace, escaped descendants are the worker's subreaper's
+    return status, cpu
+
+
+def vm_bytes() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[0]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def set_limits(limits: dict, own_uid: bool, base_vm: int) -> None:
+    cpu = int(math.ceil(float(limits["timeout_s"]))) + 1
+    resource.setrlimit(resource.RLIMIT_CPU, (cpu, cpu + 1))
+    mem = base_vm + int(limits.get("memory_mb", 512)) * 2**20
+    resource.setrlimit(resource.RLIMIT_AS, (mem, mem))
+    fsize = int(limits.get("file_limit_mb", 16)) * 2**20
+    resource.setrlimit(resource.RLIMIT_FSIZE, (fsize, fsize))
+    resource.setrlimit(resource.RLIMIT_NOFILE, (64, 64))
+    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+    if own_uid:  # per real uid: only meaningful when the jobs have a uid of their own
+        nproc = int(limits.get("max_processes", 16))
+        resource.setrlimit(resource.RLIMIT_NPROC, (nproc, nproc))
