@@ -6,13 +6,13 @@ column = the skill affected):
     uses) over the LoRA parameters; entry [i][j] = cos(grad J_i, grad J_j). Negative: a step
     that helps i hurts j to first order.
     With --checkpoints, the same matrix is also computed at each given adapter: a run's
-    phase-end files RUN/ckpt/phase<l>.pt (the trainer keeps one per phase) or its latest
-    RUN/ckpt/state.pt, so the interference can be followed through training.
+    phase-end files RUN/ckpt/phase<l>.safetensors (the trainer keeps one per phase) or its latest
+    RUN/ckpt/state.safetensors, so the interference can be followed through training.
 (b) empirical transfer: from the base model, train each skill alone for K steps (the run's
     config with protocol single) and measure the change of every skill's held-out pass@1;
     entry [i][j] = pass@1_j after training i - pass@1_j before.
 
-    retainrl analyze CONFIG [key=value ...] --out DIR [--transfer-steps K] [--checkpoints A.pt,B.pt]
+    retainrl analyze CONFIG [key=value ...] --out DIR [--transfer-steps K] [--checkpoints A.safetensors,B.safetensors]
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ from retainrl.config import load_config
 from retainrl.safety.estimates import SkillMemory
 from retainrl.parallel import flat_grad
 from retainrl.seeds import derive_seed
+from retainrl.train import checkpoint
 from retainrl.train.config import RunConfig
 from retainrl.train.trainer import Trainer
 from retainrl.verify import Sandbox
@@ -83,9 +84,7 @@ def load_adapter_file(path: str | Path) -> tuple[dict, str]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path}: no such file")
-    st = torch.load(path, map_location="cpu", weights_only=False)
-    if not isinstance(st, dict) or "adapter" not in st:
-        raise ValueError(f"checkpoint {path}: not a retainrl checkpoint (no 'adapter' entry)")
+    st = checkpoint.load(path, required=("adapter",))  # verified, never unpickled
     return st["adapter"], f"{path.parent.parent.name}/{path.stem}@step{st.get('global_step', '?')}"
 
 
@@ -133,7 +132,7 @@ def main(argv=None) -> int:
     ap.add_argument("--prompts", type=int, default=16, help="prompts per skill for the gradient estimates")
     ap.add_argument("--samples", type=int, default=4)
     ap.add_argument("--checkpoints", default="", help="comma list of adapter files (RUN/ckpt/phase1.pt, "
-                                                       "RUN/ckpt/state.pt): gradient cosines at each too")
+                                                       "RUN/ckpt/state.safetensors): gradient cosines at each too")
     a = ap.parse_intermixed_args(argv)  # overrides may follow the options
     ckpts = [c for c in a.checkpoints.split(",") if c]
     res = analyze(a.config, a.overrides, a.out, a.transfer_steps, a.prompts, a.samples, ckpts)

@@ -55,14 +55,12 @@ def cmd_train(args) -> int:
     if not args.config:
         print("retainrl train: a CONFIG file is required (see configs/)", file=sys.stderr)
         return 2
-    try:
-        cfg = load_config(RunConfig, args.config, args.overrides)
-    except ConfigError as e:
-        print(f"config error: {e}", file=sys.stderr)
-        return 2
+    cfg = load_config(RunConfig, args.config, args.overrides)  # ConfigError: main() prints it, exit 2
     out = args.out or str(Path("runs") / cfg.name)
     try:
         trainer = Trainer(cfg, out)
+    except ConfigError:
+        raise
     except (ValueError, FileNotFoundError) as e:  # data, skills or ranks that do not fit the config
         print(f"retainrl train: {e}", file=sys.stderr)
         return 2
@@ -263,7 +261,27 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else list(argv)
+    """Run one command. Bad input and the operating system's refusals end in one line naming what
+    and where, exit code 2, no traceback: a ConfigError (a config key or file), a RunError (a run
+    folder, checkpoint or file that cannot be written, e.g. a full disk), a ModelLoadError, or an
+    OSError. Everything else is a bug and keeps its traceback."""
+    from retainrl.config import ConfigError
+    from retainrl.policy.model import ModelLoadError
+    from retainrl.train.runio import RunError
+
+    try:
+        return _dispatch(sys.argv[1:] if argv is None else list(argv))
+    except ConfigError as e:
+        print(f"config error: {e}", file=sys.stderr)
+    except (RunError, ModelLoadError) as e:
+        print(f"retainrl: {e}", file=sys.stderr)
+    except OSError as e:
+        where = f" {e.filename}" if e.filename else ""
+        print(f"retainrl: cannot access{where}: {e.strerror or e}", file=sys.stderr)
+    return 2
+
+
+def _dispatch(argv: list[str]) -> int:
     # sweep and report own their argument parsers (retainrl/train/sweep.py, retainrl/report).
     if argv and argv[0] == "sweep":
         from retainrl.train.sweep import main as sweep_main

@@ -32,7 +32,12 @@ Merging: a YAML section that gives some keys keeps the field's default for the o
 field's default instance, which may differ from the section class's defaults); a dotted
 override edits one key of the current value (`reward_weights.repair=0.5` adds a key); an
 override whose value is a mapping is merged into a section; any other value replaces. Field
-checks run after the whole config is built, on defaults too (`validate`).
+checks run after the whole config is built, on defaults too (`validate`); then each section's
+`check_config(prefix)` method, when it defines one, checks the rules that tie several fields
+together (raising ConfigError with the full dotted key).
+
+Files: a config file must be UTF-8 text holding a mapping; an empty file is an error (it would
+silently mean "every default"), and so is text that is not UTF-8 (the message names the line).
 """
 
 from __future__ import annotations
@@ -330,7 +335,8 @@ def _build(cls: type, data: Mapping, prefix: str):
 
 
 def validate(cfg, prefix: str = "") -> None:
-    """Run every field's `check` (recursively); ConfigError naming the first key that fails."""
+    """Run every field's `check` (recursively), then each section's `check_config(prefix)`
+    cross-field rules (inner sections first); ConfigError naming the first key that fails."""
     for f in dataclasses.fields(cfg):
         key, value = _join(prefix, f.name), getattr(cfg, f.name)
         check = f.metadata.get("check")
@@ -344,6 +350,9 @@ def validate(cfg, prefix: str = "") -> None:
                 raise ConfigError(f"{key}: must {must}, got {value!r}", key)
         for sub_key, sub in _nested_instances(value, key):
             validate(sub, sub_key)
+    hook = getattr(cfg, "check_config", None)
+    if callable(hook):
+        hook(prefix)
 
 
 def _nested_instances(value, key: str):
@@ -378,18 +387,32 @@ class _UniqueKeyLoader(yaml.SafeLoader):
         return super().construct_mapping(node, deep=deep)
 
 
-def read_yaml(path: str | os.PathLike) -> dict:
-    """The top-level mapping of a YAML file ({} for an empty file); ConfigError naming the file."""
+def read_yaml(path: str | os.PathLike, allow_empty: bool = False) -> dict:
+    """The top-level mapping of a YAML file; ConfigError naming the file when it cannot be read,
+    is not UTF-8, is not YAML, holds no keys (unless `allow_empty`: then {}) or is not a mapping."""
     try:
-        text = pathlib.Path(path).read_text()
+        raw = pathlib.Path(path).read_bytes()
+    except IsADirectoryError:
+        raise ConfigError(f"config file {str(path)!r} is a directory") from None
     except OSError as e:
         raise ConfigError(f"cannot read config file {str(path)!r}: {e.strerror or e}") from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = raw[:e.start].count(b"\n") + 1
+        col = e.start - (raw.rfind(b"\n", 0, e.start) + 1) + 1
+        raise ConfigError(f"config file {str(path)!r} is not UTF-8 text: byte 0x{raw[e.start]:02x} at line {line}, "
+                          f"column {col} (save it as UTF-8)") from None
     try:
         data = yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
     except yaml.YAMLError as e:
         raise ConfigError(f"malformed YAML in config file {str(path)!r}: {e}") from None
-    if data is None:
-        return {}
+    if data is None or data == {}:
+        if allow_empty:
+            return {}
+        raise ConfigError(f"config file {str(path)!r} is empty: it sets no keys. An empty file is not taken to "
+                          f"mean the defaults; give the keys you want (see configs/smoke.yaml, or "
+                          f"`retainrl train --help-config`)")
     if not isinstance(data, dict):
         raise ConfigError(f"config file {str(path)!r} must hold a mapping of keys at the top level, "
                           f"got {type(data).__name__}")

@@ -39,13 +39,14 @@ def test_gradient_cosines_at_a_checkpoint(tmp_path):
     import torch
 
     from retainrl.policy.model import ModelConfig, load_policy
+    from retainrl.train import checkpoint
 
     torch.manual_seed(0)
     policy = load_policy(ModelConfig(name_or_path="bundled", threads=1))
     adapter = {n: (t.normal_(0, 0.05) if "lora_B" in n else t) for n, t in policy.adapter_state().items()}
     (tmp_path / "run" / "ckpt").mkdir(parents=True)
-    ckpt = tmp_path / "run" / "ckpt" / "phase1.pt"
-    torch.save({"adapter": adapter, "global_step": 7}, ckpt)
+    ckpt = tmp_path / "run" / "ckpt" / "phase1.safetensors"
+    checkpoint.save({"adapter": adapter, "global_step": 7}, ckpt)
     res = analyze(ROOT / "configs" / "smoke.yaml", ["world.n_heldout=2"], tmp_path / "a", prompts=8, samples=4,
                   checkpoints=[str(ckpt)])
     (label, cos), = res["gradient_cosine_at"].items()
@@ -53,8 +54,8 @@ def test_gradient_cosines_at_a_checkpoint(tmp_path):
     assert any(abs(cos[i][j] - res["gradient_cosine"][i][j]) > 1e-6 for i in range(3) for j in range(3)
                if not (math.isnan(cos[i][j]) or math.isnan(res["gradient_cosine"][i][j])))
     assert (tmp_path / "a" / "gradient_cosine_ckpt0.png").exists()
-    bad = tmp_path / "bad.pt"
-    torch.save({"x": 1}, bad)
-    with pytest.raises(ValueError, match="bad.pt"):
+    bad = tmp_path / "bad.safetensors"
+    checkpoint.save({"x": 1}, bad)
+    with pytest.raises(ValueError, match="bad.safetensors.*lacks 'adapter'"):
         analyze(ROOT / "configs" / "smoke.yaml", ["world.n_heldout=2"], tmp_path / "b", prompts=2, samples=4,
                 checkpoints=[str(bad)])

@@ -293,7 +293,14 @@ def test_file_errors_name_the_file(tmp_path):
     typo = write(tmp_path, "rl:\n  lr: fast\n")
     with pytest.raises(ConfigError, match=r"rl.lr.*'fast'.*\(loading .*cfg.yaml\)"):
         load_config(ExampleConfig, typo)
-    assert load_config(ExampleConfig, write(tmp_path, "")) == ExampleConfig()  # empty file: defaults
+    # An empty file (or one with comments only) is an error, not "every default" (issue 14).
+    for empty in ("", "# just a comment\n", "\n\n"):
+        with pytest.raises(ConfigError, match=r"config file '.*cfg.yaml' is empty"):
+            load_config(ExampleConfig, write(tmp_path, empty))
+    latin1 = tmp_path / "latin1.yaml"
+    latin1.write_bytes("seed: 1\nname: caf\u00e9\n".encode("latin-1"))
+    with pytest.raises(ConfigError, match=r"'.*latin1.yaml' is not UTF-8 text: byte 0xe9 at line 2, column 10"):
+        load_config(ExampleConfig, latin1)
 
 
 def test_required_and_post_init_errors():

@@ -13,7 +13,8 @@ import time
 from pathlib import Path
 
 import pytest
-import torch
+
+from retainrl.train import checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 SMOKE = ROOT / "configs" / "smoke.yaml"
@@ -52,7 +53,7 @@ def test_tiny_run_changes_lora_and_writes_run_dir(tmp_path, algo, extra):
     out = tmp_path / algo
     single = ["protocol.kind=single", "protocol.phases=[gen]", "protocol.steps_per_phase=3"]
     _finish(_train(out, *FAST, f"rl.algo={algo}", "rl.entropy_coef=0.001", *(extra or single)))
-    for name in ("config.yaml", "metrics.jsonl", "summary.json", "ckpt/state.pt", "ckpt/phase1.pt"):
+    for name in ("config.yaml", "metrics.jsonl", "summary.json", "ckpt/state.safetensors", "ckpt/phase1.safetensors"):
         assert (out / name).exists(), name
     recs = _lines(out / "metrics.jsonl")
     train = [r for r in recs if r["kind"] == "train"]
@@ -70,7 +71,7 @@ def test_tiny_run_changes_lora_and_writes_run_dir(tmp_path, algo, extra):
         protected = [r for r in train if r["phase"] == 1]
         assert all(r["safety/num_protected"] == 1.0 for r in protected)
         assert all("safety/cos/target~gen" in r and "safety/predicted_dJ/gen" in r for r in protected)
-    state = torch.load(out / "ckpt" / "state.pt", weights_only=False)
+    state = checkpoint.load(out / "ckpt" / "state.safetensors")
     lora_b = {k: v for k, v in state["adapter"].items() if "lora_B" in k}
     assert lora_b and any(v.abs().sum() > 0 for v in lora_b.values()), "LoRA B never moved from zero"
 

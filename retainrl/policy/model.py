@@ -11,9 +11,12 @@ fp32 on CPU. QLoRA: a 4-bit base through bitsandbytes when `quantize_4bit=True` 
 from __future__ import annotations
 
 import contextlib
+import os
+import re
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import torch
 
@@ -25,29 +28,77 @@ BUNDLED_MODEL = Path(__file__).resolve().parent / "assets" / "tiny"
 
 @dataclass
 class ModelConfig:
-    name_or_path: str = field(default="bundled", metadata={"help": "'bundled', a local HF model directory, or a hub id."})
-    lora_r: int = field(default=8, metadata={"help": "LoRA rank."})
-    lora_alpha: int = field(default=16, metadata={"help": "LoRA alpha (scale = alpha / r)."})
-    lora_dropout: float = field(default=0.0, metadata={"help": "LoRA dropout (0 keeps rollouts and updates consistent)."})
+    name_or_path: str = field(default="bundled", metadata={
+        "help": "'bundled', a local HF model directory, or a hub id.", "check": lambda v: bool(v.strip()),
+        "must": "be 'bundled', a model directory or a hub id"})
+    lora_r: int = field(default=8, metadata={"help": "LoRA rank.", "check": lambda v: v >= 1, "must": "be >= 1"})
+    lora_alpha: int = field(default=16, metadata={"help": "LoRA alpha (scale = alpha / r).",
+                                                  "check": lambda v: v > 0, "must": "be > 0"})
+    lora_dropout: float = field(default=0.0, metadata={"help": "LoRA dropout (0 keeps rollouts and updates consistent).",
+                                                       "check": lambda v: 0 <= v < 1, "must": "be in [0, 1)"})
     target_modules: str = field(default="all-linear", metadata={
-        "help": "Comma-separated module names to adapt, or 'all-linear' (every linear layer but the LM head)."})
-    dtype: str = field(default="auto", metadata={"help": "auto (bf16 on CUDA, fp32 on CPU) | float32 | bfloat16 | float16."})
-    device: str = field(default="auto", metadata={"help": "auto | cpu | cuda | cuda:N."})
+        "help": "Comma-separated module names to adapt, or 'all-linear' (every linear layer but the LM head).",
+        "check": lambda v: bool(v.strip(" ,")), "must": "name at least one module, or be 'all-linear'"})
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = field(default="auto", metadata={
+        "help": "auto (bf16 on CUDA, fp32 on CPU) | float32 | bfloat16 | float16."})
+    device: str = field(default="auto", metadata={"help": "auto | cpu | cuda | cuda:N.",
+                                                  "check": lambda v: re.fullmatch(r"auto|cpu|cuda(:\d+)?", v) is not None,
+                                                  "must": "be auto, cpu, cuda or cuda:N"})
     quantize_4bit: bool = field(default=False, metadata={"help": "QLoRA: load the base in 4 bit (needs CUDA and bitsandbytes)."})
-    chat_template: str = field(default="auto", metadata={
+    chat_template: Literal["auto", "on", "off"] = field(default="auto", metadata={
         "help": "auto (use the tokenizer's chat template when it has one) | on | off."})
     value_head: bool = field(default=False, metadata={"help": "Add a scalar value head (PPO)."})
-    threads: int = field(default=0, metadata={"help": "torch CPU threads (0: leave torch's default)."})
+    threads: int = field(default=0, metadata={"help": "torch CPU threads (0: leave torch's default).",
+                                              "check": lambda v: v >= 0, "must": "be >= 0"})
     prefix_sharing: bool = field(default=True, metadata={
         "help": "Score a group's completions against one forward of their shared prompt (its KV cache "
                 "repeated), not one full-row forward each: same log-probs and gradients, less compute."})
 
 
+class ModelLoadError(ValueError):
+    """The model cannot be loaded; the message names the path or id and what is missing."""
+
+
+_WEIGHTS = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
+_HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+|[A-Za-z0-9][\w.-]*")
+
+
+def _missing_model_files(path: Path) -> list[str]:
+    """What a Hugging Face model directory lacks, in words (empty: nothing)."""
+    names = {p.name for p in path.iterdir()}
+    missing = []
+    if "config.json" not in names:
+        missing.append("config.json (the architecture)")
+    if not (names & set(_WEIGHTS)):
+        missing.append("weights (model.safetensors or pytorch_model.bin, or their .index.json for shards)")
+    if not ("tokenizer.json" in names or "tokenizer.model" in names or {"vocab.json", "merges.txt"} <= names
+            or "vocab.txt" in names):
+        missing.append("tokenizer files (tokenizer.json, or vocab.json + merges.txt, or tokenizer.model)")
+    return missing
+
+
 def resolve_model_path(name_or_path: str) -> str:
+    """A loadable model directory or hub id; ModelLoadError naming the path and what it lacks.
+
+    A name that exists on disk is a directory and must hold a whole model; a name that does not
+    exist is sent to the hub only when it has the shape of a hub id (`org/name`): a path such as
+    `./models/x`, `/abs/x` or `a/b/c` that does not exist is an error, not a repo id."""
     if name_or_path in ("bundled", "tiny", ""):
         if not (BUNDLED_MODEL / "config.json").exists():
-            raise FileNotFoundError(f"the bundled model is missing at {BUNDLED_MODEL}; rebuild it with scripts/pretrain_tiny.py")
+            raise ModelLoadError(f"the bundled model is missing at {BUNDLED_MODEL}; rebuild it with "
+                                 f"scripts/pretrain_tiny.py")
         return str(BUNDLED_MODEL)
+    path = Path(name_or_path).expanduser()
+    if path.exists():
+        if not path.is_dir():
+            raise ModelLoadError(f"model path {name_or_path!r} is a file; expected a Hugging Face model directory "
+                                 f"(config.json, weights and tokenizer files)")
+        missing = _missing_model_files(path)
+        if missing:
+            raise ModelLoadError(f"model directory {str(path)!r} lacks " + "; ".join(missing))
+        return str(path)
+    if name_or_path.startswith((".", "~", os.sep)) or not _HUB_ID.fullmatch(name_or_path):
+        raise ModelLoadError(f"model directory {name_or_path!r} does not exist (resolved to {path.resolve()})")
     return name_or_path
 
 
@@ -157,7 +208,14 @@ def load_policy(config: ModelConfig) -> Policy:
     path = resolve_model_path(config.name_or_path)
     device = pick_device(config.device)
     dtype = pick_dtype(config.dtype, device)
-    tokenizer = AutoTokenizer.from_pretrained(path)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path)
+    except (OSError, ValueError) as e:
+        local = Path(path).is_dir()
+        raise ModelLoadError(f"cannot load the tokenizer of {path!r}: " + (
+            str(e).splitlines()[0][:300] if local else
+            f"no local directory of that name (in {Path.cwd()}), and the hub could not provide it "
+            f"({str(e).splitlines()[0][:200]})")) from None
     tokenizer.padding_side = "left"
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
@@ -169,7 +227,10 @@ def load_policy(config: ModelConfig) -> Policy:
 
         kwargs["quantization_config"] = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_compute_dtype=dtype,
                                                            bnb_4bit_quant_type="nf4")
-    model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+    except (OSError, ValueError) as e:
+        raise ModelLoadError(f"cannot load the model weights of {path!r}: {str(e).splitlines()[0][:300]}") from None
     if not config.quantize_4bit:
         model.to(device)
     model.config.use_cache = True

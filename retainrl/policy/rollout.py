@@ -18,6 +18,7 @@ from __future__ import annotations
 import time
 import warnings
 from dataclasses import dataclass, field
+from typing import Literal
 
 import torch
 
@@ -30,12 +31,18 @@ warnings.filterwarnings("ignore", message=r".*`past_key_values` is deprecated", 
 
 @dataclass
 class SamplingConfig:
-    temperature: float = field(default=1.0, metadata={"help": "Sampling temperature (0 or greedy=True: argmax)."})
-    top_p: float = field(default=1.0, metadata={"help": "Nucleus sampling mass."})
-    max_new_tokens: int = field(default=64, metadata={"help": "Completion budget in tokens."})
-    stop_strings: list[str] = field(default_factory=list, metadata={"help": "Extra strings that end a completion."})
-    max_prompt_tokens: int = field(default=512, metadata={"help": "Prompts are left-truncated to this many tokens."})
-    backend: str = field(default="hf", metadata={
+    temperature: float = field(default=1.0, metadata={"help": "Sampling temperature (0 or greedy=True: argmax).",
+                                                      "check": lambda v: 0 <= v < float("inf"),
+                                                      "must": "be a finite number >= 0 (0: greedy)"})
+    top_p: float = field(default=1.0, metadata={"help": "Nucleus sampling mass.", "check": lambda v: 0 < v <= 1,
+                                                "must": "be in (0, 1]"})
+    max_new_tokens: int = field(default=64, metadata={"help": "Completion budget in tokens.",
+                                                      "check": lambda v: v >= 1, "must": "be >= 1"})
+    stop_strings: list[str] = field(default_factory=list, metadata={"help": "Extra strings that end a completion.",
+                                                                    "check": lambda v: all(v), "must": "not hold ''"})
+    max_prompt_tokens: int = field(default=512, metadata={"help": "Prompts are left-truncated to this many tokens.",
+                                                          "check": lambda v: v >= 1, "must": "be >= 1"})
+    backend: Literal["hf", "loop"] = field(default="hf", metadata={
         "help": "hf: transformers' generate; loop: retainrl's KV-cache decode loop with inverse-CDF "
                 "sampling (greedy output identical to hf; meant for large vocabularies on CPU, where "
                 "torch.multinomial is slow; stop_strings always use hf)."})

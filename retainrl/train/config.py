@@ -6,11 +6,17 @@
 
 from __future__ import annotations
 
+import difflib
+import math
 from dataclasses import dataclass
 from typing import Literal
 
-from retainrl.config import option
+import torch
+
+from retainrl.config import ConfigError, option
+from retainrl.data.loaders import NATURAL_SKILLS
 from retainrl.data.sources import DataConfig
+from retainrl.data.world import VERSION_SKILLS
 from retainrl.data.world import VERSIONS as WORLD_VERSIONS
 from retainrl.policy.model import ModelConfig
 from retainrl.policy.rollout import SamplingConfig
@@ -53,9 +59,13 @@ class RLConfig:
 class ProtocolConfig:
     kind: Literal["single", "sequential", "mixed"] = option("single", "single: one skill; sequential: phases "
                                                            "A -> B -> C; mixed: all phase skills at once.")
-    phases: list = option(["gen"], "Skill (or list of skills) trained per phase, in order.")
+    phases: list[str | list[str]] = option(["gen"], "Skill (or list of skills) trained per phase, in order.",
+                                           check=lambda v: len(v) >= 1 and all(p for p in v),
+                                           must="name at least one phase, each a skill or a non-empty list of skills")
     steps_per_phase: int = option(20, "Training steps per phase.", check=lambda v: v >= 0, must="be >= 0")
-    mixed_weights: dict = option({}, "mixed: sampling weight per skill (missing skills weigh 1).")
+    mixed_weights: dict[str, float] = option({}, "mixed: sampling weight per skill (missing skills weigh 1).",
+                                             check=lambda v: all(math.isfinite(w) and w >= 0 for w in v.values()),
+                                             must="hold finite weights >= 0")
 
 
 @dataclass
@@ -72,10 +82,11 @@ class WorldDataConfig:
 @dataclass
 class EvalConfig:
     every: int = option(10, "Evaluate every skill every this many steps (0: only at phase ends).", check=lambda v: v >= 0, must="be >= 0")
-    pass_k: list = option([], "Extra k values for unbiased pass@k (needs n_samples >= k).")
+    pass_k: list[int] = option([], "Extra k values for unbiased pass@k (needs n_samples >= k).",
+                               check=lambda v: all(k >= 1 for k in v), must="hold k values >= 1")
     n_samples: int = option(0, "Samples per task at the sampling temperature: pass@1_sampled (and pass@k); "
                                "0: greedy pass@1 only.", check=lambda v: v >= 0, must="be >= 0")
-    max_new_tokens: int = option(96, "Greedy completion budget at evaluation.")
+    max_new_tokens: int = option(96, "Greedy completion budget at evaluation.", check=lambda v: v >= 1, must="be >= 1")
 
 
 @dataclass
@@ -102,7 +113,9 @@ class SafetyConfig:
                         check=lambda v: v >= 0, must="be >= 0")
     eps_mode: Literal["absolute", "relative"] = option("relative", "relative: eps_s = eps * ||update|| * ||g_s|| "
                                                        "(a cosine bound); absolute: in units of J_s per step.")
-    eps_per_skill: dict = option({}, "Per-skill eps overriding `eps`, e.g. {gen: 0.1}.")
+    eps_per_skill: dict[str, float] = option({}, "Per-skill eps overriding `eps`, e.g. {gen: 0.1}.",
+                                             check=lambda v: all(math.isfinite(e) and e >= 0 for e in v.values()),
+                                             must="hold finite values >= 0")
     protect: Literal["earlier", "others"] = option("earlier", "earlier: skills of earlier phases; others: every "
                                                    "skill not being trained (mixed protocol: every skill).")
     memory_prompts: int = option(32, "Prompts stored per protected skill.", check=lambda v: v >= 1, must="be >= 1")
@@ -114,7 +127,7 @@ class SafetyConfig:
     is_clip: float = option(2.0, "Truncation of the importance ratio for stale memory rollouts.",
                             check=lambda v: v >= 1, must="be >= 1")
     trigger: bool = option(False, "Switch a constraint on only when the skill falls more than tau below its reference.")
-    tau: float = option(0.05, "Trigger threshold (pass@1 or memory reward).")
+    tau: float = option(0.05, "Trigger threshold (pass@1 or memory reward).", check=lambda v: v >= 0, must="be >= 0")
     trigger_source: Literal["eval", "memory"] = option("eval", "What the trigger watches: the online eval pass@1 "
                                                        "or the memory buffer's mean reward.")
     measure_realised: bool = option(True, "After each step, measure the realised change of J_s on the memory rows.")
@@ -142,13 +155,75 @@ class RunConfig:
     wandb_project: str = option("retainrl", "Weights & Biases project name.", hash=False)
     progress: bool = option(True, "Show live progress bars.")
 
+    def known_skills(self) -> list[str] | None:
+        """Every skill this config's data can give, known before anything loads; None when a source
+        decides skills at load time (a skill_fn, or a JSONL record field): then the trainer checks
+        after loading."""
+        data = self.data
+        skills = list(data.world_skills or VERSION_SKILLS[self.world.version]) if (not data.sources or data.world) else []
+        for src in data.sources:
+            skill = src.skill if not src.skill_fn else None
+            skill = skill or (NATURAL_SKILLS.get(src.name) if not src.skill_fn else None)
+            if skill is None:
+                return None
+            if skill not in skills:
+                skills.append(skill)
+        return skills
+
+    def check_config(self, prefix: str = "") -> None:
+        """The rules that tie fields together; ConfigError naming the dotted key, the value and what
+        is allowed. Runs in `validate`, so before the model or the sandbox loads."""
+        p, rl = self.protocol, self.rl
+        if p.kind == "single" and len(p.phases) != 1:
+            raise ConfigError(f"protocol.phases: protocol.kind=single needs exactly one phase, got {p.phases!r}",
+                              "protocol.phases")
+        world_skills = VERSION_SKILLS[self.world.version]
+        for i, w in enumerate(self.data.world_skills):
+            if w not in world_skills:
+                raise ConfigError(f"data.world_skills[{i}]: unknown world skill {w!r}{_did_you_mean(w, world_skills)} "
+                                  f"(world skills: {', '.join(world_skills)})", f"data.world_skills[{i}]")
+        known = self.known_skills()
+        trained = self.all_skills()
+        if known is not None:
+            for i, phase in enumerate(p.phases):
+                for s in [phase] if isinstance(phase, str) else phase:
+                    if s not in known:
+                        raise ConfigError(f"protocol.phases[{i}]: unknown skill {s!r}{_did_you_mean(s, known)} "
+                                          f"(skills this config's data gives: {', '.join(known)})",
+                                          f"protocol.phases[{i}]")
+        for name, table in (("protocol.mixed_weights", p.mixed_weights), ("safety.eps_per_skill", self.safety.eps_per_skill)):
+            allowed = trained if name == "protocol.mixed_weights" else (known or trained)
+            for s in table:
+                if s not in allowed and (known is not None or name == "protocol.mixed_weights"):
+                    raise ConfigError(f"{name}.{s}: {s!r} is not a skill {'this protocol trains' if allowed is trained else 'of this config'}"
+                                      f"{_did_you_mean(s, allowed)} (skills: {', '.join(allowed)})", f"{name}.{s}")
+        if p.mixed_weights:
+            for phase in self.phase_skills():
+                if len(phase) > 1 and sum(p.mixed_weights.get(s, 1.0) for s in phase) <= 0:
+                    raise ConfigError(f"protocol.mixed_weights: the weights of phase {phase} sum to 0; at least one "
+                                      f"must be > 0", "protocol.mixed_weights")
+        bad_k = [k for k in self.eval.pass_k if k > 1 and k > self.eval.n_samples]
+        if bad_k:
+            raise ConfigError(f"eval.pass_k: pass@{bad_k[0]} needs eval.n_samples >= {bad_k[0]}, got "
+                              f"eval.n_samples={self.eval.n_samples}", "eval.pass_k")
+        if rl.algo in ("grpo", "rloo") and rl.samples_per_prompt < 2:
+            raise ConfigError(f"rl.samples_per_prompt: rl.algo={rl.algo} compares samples of one prompt, so it needs "
+                              f">= 2, got {rl.samples_per_prompt} (every group would be uninformative and training a "
+                              f"no-op); use >= 2, or rl.algo=ppo", "rl.samples_per_prompt")
+        m = self.model
+        if m.device.startswith("cuda") and not torch.cuda.is_available():
+            raise ConfigError(f"model.device: {m.device!r} asked for, but torch sees no CUDA device here; allowed: "
+                              f"auto or cpu", "model.device")
+        if m.quantize_4bit and (m.device == "cpu" or not torch.cuda.is_available()):
+            raise ConfigError("model.quantize_4bit: QLoRA needs a CUDA device, and there is none here", "model.quantize_4bit")
+
     def phase_skills(self) -> list[list[str]]:
         """Phases as lists of skill names (mixed: one phase with every listed skill)."""
         phases = [[p] if isinstance(p, str) else list(p) for p in self.protocol.phases]
         if self.protocol.kind == "mixed":
             return [sorted({s for p in phases for s in p}, key=[s for p in phases for s in p].index)]
         if self.protocol.kind == "single" and len(phases) != 1:
-            raise ValueError("protocol.kind=single needs exactly one phase")
+            raise ConfigError("protocol.phases: protocol.kind=single needs exactly one phase", "protocol.phases")
         return phases
 
     def all_skills(self) -> list[str]:
@@ -158,3 +233,8 @@ class RunConfig:
                 if s not in seen:
                     seen.append(s)
         return seen
+
+
+def _did_you_mean(name: str, choices) -> str:
+    close = difflib.get_close_matches(str(name), list(choices), n=1)
+    return f"; did you mean {close[0]!r}?" if close else ""

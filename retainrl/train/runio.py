@@ -1,12 +1,18 @@
-"""Run-directory I/O: metrics.jsonl, atomic checkpoints, TensorBoard.
+"""Run-directory I/O: metrics.jsonl, atomic writes, TensorBoard, Weights & Biases.
 
 A run directory holds config.yaml, metrics.jsonl (one JSON object per line), summary.json,
-ckpt/state.pt (the latest resumable state) and tb/ (TensorBoard events).
+ckpt/state.safetensors (the latest resumable state, retainrl.train.checkpoint), its previous
+copy ckpt/state.prev.safetensors, ckpt/phase<l>.safetensors (the adapter at each phase end)
+and tb/ (TensorBoard events).
 
-Resume contract: the checkpoint records how many metrics lines existed when it was taken; on
-resume the file is cut back to that many lines and the run continues from the checkpoint, so
-a kill at any moment loses and duplicates no line (the lines after the checkpoint are
-re-generated deterministically).
+Resume contract: the checkpoint carries the metrics lines written before it was taken. On
+resume metrics.jsonl is rewritten to exactly those lines (the lines after the checkpoint are
+re-generated deterministically), so a kill at any moment loses and duplicates no line, and a
+metrics file that was truncated, torn or edited is restored from the checkpoint; a file whose
+lines differ from the checkpoint's is first kept as metrics.jsonl.damaged (nothing is lost).
+
+Operating-system errors (disk full, permission denied, read-only folder) while writing become
+a RunError naming the file and the cause; the write is atomic, so the run stays resumable.
 """
 
 from __future__ import annotations
@@ -34,28 +40,65 @@ def _clean(v):
     return v
 
 
-class MetricsLog:
-    """Append-only JSONL with a line counter; each write is flushed and fsynced."""
+class RunError(Exception):
+    """A run cannot go on for a reason outside the code: a file it must write or read (named in
+    the message). The CLI prints the message in one line and exits with code 2."""
 
-    def __init__(self, path: Path, keep_lines: int | None = None):
+
+def _os_error(action: str, path: Path, e: OSError) -> RunError:
+    return RunError(f"cannot {action} {path}: {e.strerror or e} (the run can be resumed by rerunning "
+                    f"the same command once this is fixed)")
+
+
+class MetricsLog:
+    """Append-only JSONL; each write is flushed and fsynced. `self.lines` holds what was written
+    (the checkpoint stores it, so the file can be restored on resume).
+
+    lines: the lines the file must start with (from the checkpoint; None: a new run's empty log).
+    """
+
+    def __init__(self, path: Path, lines: list[str] | None = None):
         self.path = Path(path)
-        lines = self.path.read_text().splitlines(keepends=True) if self.path.exists() else []
-        # Drop a torn last line (a kill mid-write) and anything after the checkpoint.
-        lines = [ln for ln in lines if ln.endswith("\n")]
-        if keep_lines is not None:
-            lines = lines[:keep_lines]
-        atomic_write_text(self.path, "".join(lines))
-        self.count = len(lines)
-        self._fh = open(self.path, "a")
+        self.lines: list[str] = list(lines or [])
+        want = "".join(self.lines)
+        try:
+            have = self.path.read_bytes() if self.path.exists() else b""
+        except OSError as e:
+            raise _os_error("read", self.path, e) from None
+        if not have.startswith(want.encode()):
+            # Lines the checkpoint knows are missing or changed: keep the file aside, restore them.
+            backup = self.path.with_name(self.path.name + ".damaged")
+            if have:
+                atomic_write_bytes(backup, have)
+            warnings.warn(f"{self.path} does not hold the {len(self.lines)} lines recorded in the checkpoint "
+                          f"(truncated or edited); restored them from the checkpoint"
+                          + (f", the old file kept as {backup}" if have else ""), stacklevel=2)
+        if have != want.encode():
+            atomic_write_text(self.path, want)
+        try:
+            self._fh = open(self.path, "a", encoding="utf-8")
+        except OSError as e:
+            raise _os_error("open", self.path, e) from None
+
+    @property
+    def count(self) -> int:
+        return len(self.lines)
 
     def write(self, record: dict) -> None:
-        self._fh.write(json.dumps(_clean(record), sort_keys=True) + "\n")
-        self._fh.flush()
-        os.fsync(self._fh.fileno())
-        self.count += 1
+        line = json.dumps(_clean(record), sort_keys=True) + "\n"
+        try:
+            self._fh.write(line)
+            self._fh.flush()
+            os.fsync(self._fh.fileno())
+        except OSError as e:
+            raise _os_error("write", self.path, e) from None
+        self.lines.append(line)
 
     def close(self) -> None:
-        self._fh.close()
+        try:
+            self._fh.close()
+        except OSError:  # the error was already reported by write()
+            pass
 
 
 def read_jsonl(path: Path) -> list[dict]:
@@ -69,39 +112,29 @@ def read_jsonl(path: Path) -> list[dict]:
     return out
 
 
-def atomic_write_text(path: Path, text: str) -> None:
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write `data` to a temp file beside `path`, fsync, rename over `path`: a kill or a full disk
+    during the write leaves the previous file intact. OSError -> RunError naming `path`."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
-    with os.fdopen(fd, "w") as fh:
-        fh.write(text)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-
-
-def atomic_torch_save(obj, path: Path) -> None:
-    """torch.save to a temp file in the same folder, fsync, then rename over the target: a kill
-    during the save leaves the previous checkpoint intact."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
+    tmp = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
         with os.fdopen(fd, "wb") as fh:
-            torch.save(obj, fh)
+            fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
+        tmp = None
+    except OSError as e:
+        raise _os_error("write", path, e) from None
     finally:
-        if os.path.exists(tmp):
+        if tmp is not None and os.path.exists(tmp):
             os.unlink(tmp)
 
 
-def load_checkpoint(path: Path):
-    path = Path(path)
-    if not path.exists():
-        return None
-    return torch.load(path, map_location="cpu", weights_only=False)
+def atomic_write_text(path: Path, text: str) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"))
 
 
 class TensorBoard:

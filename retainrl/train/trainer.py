@@ -17,22 +17,24 @@ import dataclasses
 import json
 import random
 import time
+import zlib
 from pathlib import Path
 
 import numpy as np
 import torch
+import warnings
 
-from retainrl.config import dump_yaml, to_dict
+from retainrl.config import dump_yaml, to_dict, validate
 from retainrl.data.sources import load_sources
-from retainrl.data.world import VERSION_SKILLS, WorldConfig, make_world
+from retainrl.data.world import SKILLS, VERSION_SKILLS, WorldConfig, make_world
 from retainrl.evaluate import evaluate
 from retainrl.metrics.retention import summarize
 from retainrl.policy.model import load_policy
 from retainrl.policy.rollout import SamplingConfig, generate
-from retainrl.train import distributed, objective
+from retainrl.train import checkpoint, distributed, objective
 from retainrl.train.config import RunConfig
 from retainrl.train.progress import Progress
-from retainrl.train.runio import Fanout, MetricsLog, TensorBoard, WandB, atomic_torch_save, atomic_write_text, load_checkpoint
+from retainrl.train.runio import Fanout, MetricsLog, RunError, TensorBoard, WandB, atomic_write_text
 from retainrl.baselines import make_baseline
 from retainrl.safety.layer import SafetyLayer, protected_skills
 from retainrl.seeds import step_seed  # noqa: F401  (re-exported: callers import it from here)
@@ -55,7 +57,9 @@ def build_tasks(cfg: RunConfig) -> tuple[dict[str, list], dict[str, list]]:
     if data.sources:
         train, heldout = load_sources(data)
     if not data.sources or data.world:
-        skills = tuple(data.world_skills) or VERSION_SKILLS[w.version]
+        # default: the three original skills, plus a later version's skill (refactor) when a phase trains it
+        extra = tuple(s for s in cfg.all_skills() if s in VERSION_SKILLS[w.version] and s not in SKILLS)
+        skills = tuple(data.world_skills) or SKILLS + extra
         world = make_world(WorldConfig(seed=w.seed, n_train=w.n_train, n_heldout=w.n_heldout,
                                        difficulty=w.difficulty, skills=skills, version=w.version))
         for s in skills:
@@ -64,11 +68,33 @@ def build_tasks(cfg: RunConfig) -> tuple[dict[str, list], dict[str, list]]:
     return train, heldout
 
 
+# What a training state must hold (checked on load, before anything is restored).
+STATE_KEYS = ("adapter", "optimizer", "method", "sampler", "safety", "rng", "global_step", "phase", "phase_step",
+              "R", "curves", "counters", "metrics", "config")
+
+
+def _config_diff(a: dict, b: dict, prefix: str = "") -> list[str]:
+    """Dotted keys whose values differ between two config dicts."""
+    out = []
+    for k in sorted(set(a) | set(b), key=str):
+        key = f"{prefix}.{k}" if prefix else str(k)
+        if isinstance(a.get(k), dict) and isinstance(b.get(k), dict):
+            out += _config_diff(a[k], b[k], key)
+        elif a.get(k) != b.get(k):
+            out.append(key)
+    return out
+
+
 class Trainer:
     def __init__(self, cfg: RunConfig, out_dir: str | Path):
+        validate(cfg)  # every field's range and the cross-field rules, before anything heavy loads
         self.cfg, self.out = cfg, Path(out_dir)
-        self.out.mkdir(parents=True, exist_ok=True)
         self.phases = cfg.phase_skills()
+        self.resume_state = self._read_checkpoint()
+        try:
+            self.out.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise RunError(f"cannot create the run directory {self.out}: {e.strerror or e}") from None
         self.dist = distributed.setup()
         if cfg.rl.prompts_per_step % self.dist.world:
             raise ValueError(f"rl.prompts_per_step={cfg.rl.prompts_per_step} must be a multiple of the "
@@ -112,14 +138,31 @@ class Trainer:
                          "samples": 0}
 
     # ------------------------------------------------------------------------------------
-    def state(self, metrics_lines: int) -> dict:
+    def _read_checkpoint(self) -> dict | None:
+        """The run folder's latest intact state (None: a new run), checked against this config."""
+        ckpt = self.out / "ckpt"
+        st = checkpoint.load_latest(ckpt / "state.safetensors", required=STATE_KEYS)
+        if st is None and (ckpt / "state.pt").exists():
+            raise checkpoint.CheckpointError(
+                f"{ckpt / 'state.pt'} is a checkpoint in the old pickle format, which retainrl no longer loads "
+                f"(unpickling a run folder can run arbitrary code); use a new --out")
+        if st is not None and st["config"] != to_dict(self.cfg):
+            keys = _config_diff(st["config"], to_dict(self.cfg))
+            raise RunError(f"{self.out} holds a run with a different config (differs in: "
+                           f"{', '.join(keys[:6])}{' ...' if len(keys) > 6 else ''}); use a new --out, or the "
+                           f"same config to resume it")
+        return st
+
+    def state(self, log) -> dict:
+        metrics = zlib.compress("".join(log.lines).encode("utf-8"))
         return {"adapter": self.policy.adapter_state(), "optimizer": self.opt.state_dict(),
                 "method": self.method.state(), "sampler": self.sampler.state(),
                 "safety": self.safety.state() if self.safety is not None else None,
                 "rng": {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()},
                 "global_step": self.global_step, "phase": self.phase, "phase_step": self.phase_step,
                 "R": self.R, "curves": self.curves, "R_sampled": self.R_sampled,
-                "curves_sampled": self.curves_sampled, "counters": self.counters, "metrics_lines": metrics_lines,
+                "curves_sampled": self.curves_sampled, "counters": self.counters,
+                "metrics": torch.frombuffer(bytearray(metrics), dtype=torch.uint8),
                 "config": to_dict(self.cfg)}
 
     def load_state(self, st: dict) -> None:
@@ -139,21 +182,36 @@ class Trainer:
 
     def checkpoint(self, log: MetricsLog) -> None:
         if self.dist.main:
-            atomic_torch_save(self.state(log.count), self.out / "ckpt" / "state.pt")
+            checkpoint.save_rotating(self.state(log), self.out / "ckpt" / "state.safetensors")
+
+    def _check_phase_adapters(self) -> None:
+        """Warn about phase-end adapter files of finished phases that are missing or damaged (they
+        are for later analysis; training does not need them, so this is not fatal)."""
+        for l in range(1, self.phase + 1):
+            path = self.out / "ckpt" / f"phase{l}.safetensors"
+            try:
+                checkpoint.load(path, required=("adapter",))
+            except checkpoint.CheckpointError as e:
+                warnings.warn(f"{e}; the adapter at the end of phase {l} is lost for `retainrl analyze`, "
+                              f"training goes on", stacklevel=2)
 
     # ------------------------------------------------------------------------------------
     def run(self) -> dict:
         cfg = self.cfg
-        ckpt = load_checkpoint(self.out / "ckpt" / "state.pt")
+        ckpt, self.resume_state = self.resume_state, None
+        lines: list[str] = []
         if ckpt is not None:
-            if ckpt["config"] != to_dict(cfg):
-                raise ValueError(f"{self.out} holds a run with a different config; use a new --out")
             self.load_state(ckpt)
+            lines = zlib.decompress(ckpt["metrics"].numpy().tobytes()).decode("utf-8").splitlines(keepends=True)
+            if self.dist.main:
+                self._check_phase_adapters()
         main = self.dist.main  # under torchrun only rank 0 writes files
-        keep = ckpt["metrics_lines"] if ckpt else 0
         if main:
-            dump_yaml(cfg, self.out / "config.yaml")
-        log = MetricsLog(self.out / "metrics.jsonl", keep_lines=keep) if main else CountingLog(keep)
+            try:
+                dump_yaml(cfg, self.out / "config.yaml")
+            except OSError as e:
+                raise RunError(f"cannot write {self.out / 'config.yaml'}: {e.strerror or e}") from None
+        log = MetricsLog(self.out / "metrics.jsonl", lines) if main else CountingLog(len(lines))
         # scalar sinks beside metrics.jsonl (which is always written)
         tb = Fanout(TensorBoard(self.out / "tb", cfg.tensorboard and main),
                     WandB(self.out, cfg.wandb and main, cfg.wandb_project, cfg.name, to_dict(cfg)))
@@ -178,8 +236,9 @@ class Trainer:
                             self.checkpoint(log)
                     self.R.append(self._evaluate(log, tb, progress, kind="phase_end"))
                     if self.dist.main:  # the adapter at each phase end, for later analysis (retainrl analyze)
-                        atomic_torch_save({"adapter": self.policy.adapter_state(), "global_step": self.global_step,
-                                           "phase": self.phase + 1}, self.out / "ckpt" / f"phase{self.phase + 1}.pt")
+                        checkpoint.save({"adapter": self.policy.adapter_state(), "global_step": self.global_step,
+                                         "phase": self.phase + 1},
+                                        self.out / "ckpt" / f"phase{self.phase + 1}.safetensors")
                     self.phase += 1
                     self.phase_step = 0
                     self.method.on_phase_start([s for p in self.phases[:self.phase] for s in p], self.phase)
@@ -317,6 +376,7 @@ class CountingLog:
 
     def __init__(self, count: int = 0):
         self.count = count
+        self.lines: list[str] = []  # rank 0's checkpoint holds the lines; this rank never saves one
 
     def write(self, record: dict) -> None:
         self.count += 1

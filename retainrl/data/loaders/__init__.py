@@ -34,7 +34,7 @@ from typing import Any, Callable, Iterator
 
 from retainrl.data.task import Task
 
-__all__ = ["LoaderError", "load_benchmark", "BENCHMARKS", "iter_records", "require", "optional",
+__all__ = ["LoaderError", "load_benchmark", "BENCHMARKS", "NATURAL_SKILLS", "iter_records", "require", "optional",
            "resolve_file"]
 
 
@@ -57,6 +57,9 @@ BENCHMARKS: dict[str, tuple[str, str]] = {
     "quixbugs": ("quixbugs", "load_quixbugs"),
     "jsonl": ("jsonl", "load_jsonl"),
 }
+# The skill each benchmark loader gives its tasks (jsonl: the record's own field, so not known in advance).
+NATURAL_SKILLS: dict[str, str] = {"humaneval": "gen", "mbpp": "gen", "mbpp-sanitized": "gen", "cruxeval": "reason",
+                                  "humanevalfix": "repair", "quixbugs": "repair"}
 
 
 def get_loader(name: str) -> Callable[..., list[Task]]:
@@ -87,11 +90,22 @@ def resolve_file(path: str | Path, candidates: tuple[str, ...]) -> Path:
     raise FileNotFoundError(f"{path}: no such file or folder")
 
 
-def _open_text(path: Path):
-    # .gz is how HumanEval ships; everything else is read as UTF-8 text.
-    if path.suffix == ".gz":
-        return gzip.open(path, "rt", encoding="utf-8")
-    return open(path, encoding="utf-8")
+def _read_text(path: Path) -> str:
+    """The file's UTF-8 text (.gz is how HumanEval ships: decompressed first). Bytes that are not
+    UTF-8 raise LoaderError naming the 1-based line and column, not a byte offset."""
+    try:
+        raw = gzip.open(path, "rb").read() if path.suffix == ".gz" else path.read_bytes()
+    except FileNotFoundError:
+        raise
+    except (OSError, EOFError) as e:  # unreadable, or a damaged .gz
+        raise LoaderError(str(path), None, f"cannot read: {getattr(e, 'strerror', None) or e}") from None
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = raw[:e.start].count(b"\n") + 1
+        col = e.start - (raw.rfind(b"\n", 0, e.start) + 1) + 1
+        raise LoaderError(f"{path}: line {line}", None, f"not UTF-8 text: byte 0x{raw[e.start]:02x} at column {col}"
+                          ) from None
 
 
 def iter_records(path: str | Path) -> Iterator[tuple[str, dict]]:
@@ -102,8 +116,7 @@ def iter_records(path: str | Path) -> Iterator[tuple[str, dict]]:
     or a record that is not an object raises LoaderError.
     """
     path = Path(path)
-    with _open_text(path) as fh:
-        text = fh.read()
+    text = _read_text(path)
     is_array = path.name.endswith((".json", ".json.gz"))
     yield from (_iter_array(path, text) if is_array else _iter_lines(path, text))
 
