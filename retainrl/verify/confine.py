@@ -148,6 +148,15 @@ def landlock_restrict(abi: int, rules: list[tuple[str, int]], handled_fs: int, *
     """Add one Landlock layer to this thread: `handled_fs` rights only where `rules` grant them
     (path, rights); with `net`, no TCP bind/connect; with `scoped`, no signals or abstract unix
     sockets outside the domain. Paths that do not exist are skipped."""
+    ruleset = landlock_ruleset(abi, rules, handled_fs, net=net, scoped=scoped)
+    try:
+        libc().syscall(SYS_LANDLOCK_RESTRICT_SELF, ctypes.c_int(ruleset), ctypes.c_uint32(0))
+    finally:
+        os.close(ruleset)
+
+
+def landlock_ruleset(abi: int, rules: list[tuple[str, int]], handled_fs: int, *, net: bool, scoped: bool) -> int:
+    """The fd of a Landlock ruleset (see landlock_restrict), for restricting later."""
     attr = _RulesetAttr(handled_fs, (NET_BIND_TCP | NET_CONNECT_TCP) if net and abi >= 4 else 0,
                         (SCOPE_ABSTRACT_UNIX_SOCKET | SCOPE_SIGNAL) if scoped and abi >= 6 else 0)
     size = ctypes.sizeof(_RulesetAttr) if abi >= 6 else (16 if abi >= 4 else 8)
@@ -167,9 +176,10 @@ def landlock_restrict(abi: int, rules: list[tuple[str, int]], handled_fs: int, *
                            ctypes.byref(rule), ctypes.c_uint32(0))
             finally:
                 os.close(fd)
-        lc.syscall(SYS_LANDLOCK_RESTRICT_SELF, ctypes.c_int(ruleset), ctypes.c_uint32(0))
-    finally:
+    except BaseException:
         os.close(ruleset)
+        raise
+    return ruleset
 
 
 # ------------------------------------------------------------------------------ paths
@@ -325,15 +335,26 @@ def _can_read_stdlib() -> bool:
 
 
 # ------------------------------------------------------------------------------ each program
-def make_child_confiner(iso: Isolation, base_vm: int):
-    """The per-program step run in each forked program process, before the program exists."""
+def make_child_confiner(iso: Isolation, base_vm: int, jobdir: str):
+    """(confine_child(limits), fds the program process closes after it): the per-program
+    step run in each forked program process before the program exists. The nested Landlock
+    ruleset (writes only in `jobdir`; no signals out of the program's own domain, so not to
+    the zygote) is built here once; each program process only applies it."""
     from retainrl.verify.program import set_limits
 
     abi = iso.landlock_abi if "landlock" in iso.layers else 0
     own_uid = iso.uid is not None
     drop_caps = "user_namespace" in iso.layers
+    nested = None
+    if abi:
+        try:
+            nested = landlock_ruleset(abi, [(jobdir, WRITE | FS_TRUNCATE | READ), ("/dev/null", FS_WRITE_FILE)],
+                                      WRITE | FS_TRUNCATE, net=False, scoped=True)
+            iso.layers["landlock_per_job"] = "nested layer: writes only in the job folder, signals scoped"
+        except OSError as e:
+            iso.missing["landlock_per_job"] = str(e)
 
-    def confine_child(jobdir: str, limits: dict) -> None:
+    def confine_child(limits: dict) -> None:
         lc = libc()
         try:
             lc.prctl(PR_SET_PDEATHSIG, 9)  # die with the zygote
@@ -343,12 +364,11 @@ def make_child_confiner(iso: Isolation, base_vm: int):
             hdr = (ctypes.c_uint32 * 2)(0x20080522, 0)
             data = (ctypes.c_uint32 * 6)()
             lc.syscall(SYS_CAPSET, ctypes.byref(hdr), ctypes.byref(data))
-        if abi:  # nested layer: this job's folder only, nothing outside this process's domain
-            landlock_restrict(abi, [(jobdir, WRITE | FS_TRUNCATE | READ), ("/dev/null", FS_WRITE_FILE)],
-                              WRITE | FS_TRUNCATE, net=False, scoped=True)
+        if nested is not None:
+            lc.syscall(SYS_LANDLOCK_RESTRICT_SELF, ctypes.c_int(nested), ctypes.c_uint32(0))
         set_limits(limits, own_uid, base_vm)
 
-    return confine_child
+    return confine_child, [] if nested is None else [nested]
 
 
 def errno_name(e: OSError) -> str:

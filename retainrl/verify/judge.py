@@ -80,6 +80,7 @@ class TestPlan:
     prelude_names: frozenset
     ask: list             # names whose program values the tests need
     exports: frozenset
+    prefetch: list        # [(name, args, kwargs)]: literal calls sent with the program (batched IPC)
 
 
 class TestSourceError(ValueError):
@@ -128,7 +129,72 @@ def build_plan(tests: str, prelude: str = "", exports=()) -> TestPlan:
     statements = [(compile(ast.Module(body=[s], type_ignores=[]), "<tests>", "exec", dont_inherit=True),
                    getattr(s, "lineno", 0)) for s in tree.body]
     pre_code = compile(pre_tree, "<prelude>", "exec", dont_inherit=True) if pre_tree else None
-    return TestPlan(statements, pre_code, prelude_names, ask, exports)
+    return TestPlan(statements, pre_code, prelude_names, ask, exports, prefetch_calls(tree, set(ask)))
+
+
+def prefetch_calls(tree: ast.Module, program_names: set) -> list:
+    """Calls the tests make to program functions, in source order, when EVERY such call has
+    only literal arguments (else none): they are sent with the program and answered in one
+    round trip; the tests then take each answer from that cache, in order, and anything not
+    cached goes over the channel as usual. The program runs the calls in the tests' source
+    order before the tests run, so a program whose answers depend on the order of its calls
+    relative to other (non-literal) interaction would see a different order: only literal-
+    only plans are prefetched, and a program cannot gain by it (its answers are answers).
+
+    A parameter of a test function is an alias of a program name when every top-level call
+    of that function passes that name in its place (HumanEval's check(candidate)).
+    """
+    funcs = {n.name: n for n in tree.body if isinstance(n, ast.FunctionDef)}
+    program_names = program_names - _defined_names(tree)
+    alias: dict[str, dict[str, str]] = {}
+    passed = set()  # ids of Name nodes that hand a program name to a test function
+    for stmt in tree.body:
+        call = stmt.value if isinstance(stmt, ast.Expr) else None
+        if isinstance(call, ast.Call) and isinstance(call.func, ast.Name) and call.func.id in funcs:
+            params = [a.arg for a in funcs[call.func.id].args.args]
+            for p, a in zip(params, call.args):
+                if isinstance(a, ast.Name) and a.id in program_names:
+                    passed.add(id(a))
+                    if alias.setdefault(call.func.id, {}).setdefault(p, a.id) != a.id:
+                        return []
+    out = []
+    scopes = [(tree, {}, set())] + [(fn, alias.get(name, {}), {a.arg for a in ast.walk(fn.args) if isinstance(a, ast.arg)})
+                                  for name, fn in funcs.items()]
+    for scope, names, params in scopes:
+        body = scope.body if scope is tree else scope.body
+        for node in _walk_in_order(body, skip_functions=scope is tree):
+            if not isinstance(node, ast.Name) or id(node) in passed:
+                continue
+            target = names.get(node.id) or (node.id if node.id in program_names and node.id not in params else None)
+            if target is None:
+                continue
+            call = getattr(node, "_rr_call", None)
+            if call is None:
+                return []  # the program name is used other than as a callee: no prefetch
+            try:
+                args = [ast.literal_eval(a) for a in call.args]
+                kwargs = [(k.arg, ast.literal_eval(k.value)) for k in call.keywords]
+            except (ValueError, TypeError, SyntaxError, RecursionError, MemoryError):
+                return []
+            if any(isinstance(a, ast.Starred) for a in call.args) or any(k is None for k, _ in kwargs):
+                return []
+            out.append((target, args, kwargs))
+    return out if len(out) <= 2000 else []
+
+
+def _walk_in_order(body, skip_functions: bool):
+    """Nodes of `body` in source order; each callee Name is tagged with its Call (`_rr_call`).
+    With skip_functions, the bodies of top-level function definitions are left out (they are
+    walked as their own scope)."""
+    stack = list(reversed(body))
+    while stack:
+        node = stack.pop()
+        if skip_functions and isinstance(node, ast.FunctionDef) and node in body:
+            continue
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Name):
+            node.func._rr_call = node
+        yield node
+        stack.extend(reversed(list(ast.iter_child_nodes(node))))
 
 
 # ------------------------------------------------------------------------------ handles
@@ -257,6 +323,7 @@ class JudgeJob:
         self.tobjs: dict[int, object] = {}
         self.tids: dict[int, int] = {}
         self.dead: Abort | None = None
+        self.cache: dict = {}
 
     # -- requests ---------------------------------------------------------------------------
     def raw(self, req: dict) -> dict:
@@ -278,10 +345,26 @@ class JudgeJob:
             self._malformed("reply without a result")
         return self.dec(reply["r"])
 
+    def cache_prefetched(self, calls, replies, names) -> None:
+        """Keep the answers to the prefetched calls, by (handle, encoded arguments)."""
+        self.cache: dict[str, collections.deque] = {}
+        if not calls or replies is None:
+            return
+        if type(replies) is not list or len(replies) > len(calls) or type(names) is not dict:
+            self._malformed("bad prefetch replies")
+        for (name, a, k), reply in zip(calls, replies):
+            h = names.get(name)
+            if type(reply) is not dict or type(h) is not list or len(h) < 2 or h[0] != "h":
+                continue
+            key = wire.encode_message({"h": h[1], "a": a, "k": k})
+            self.cache.setdefault(key, collections.deque()).append(reply)
+
     def call(self, h: int, args, kwargs):
         enc = self.enc
-        reply = self.raw({"op": "call", "h": h, "a": [enc(a) for a in args],
-                          "k": [[wire.check_str(k, 1000), enc(v)] for k, v in kwargs.items()]})
+        req = {"op": "call", "h": h, "a": [enc(a) for a in args],
+               "k": [[wire.check_str(k, 1000), enc(v)] for k, v in kwargs.items()]}
+        hit = self.cache.get(wire.encode_message({"h": h, "a": req["a"], "k": req["k"]})) if self.cache else None
+        reply = hit.popleft() if hit else self.raw(req)
         if "exc" in reply:
             raise self.exception(reply["exc"])
         if "r" not in reply:
@@ -658,12 +741,15 @@ def run_tests(job: JudgeJob, plan: TestPlan, program: str, state) -> dict:
             exec(plan.prelude, ns)
         except Exception as e:  # noqa: BLE001 - a task bug; reported, never a pass
             return result("error", f"trusted prelude raised {type(e).__name__}: {e}"[:300])
-    reply = job.raw({"op": "def", "src": program, "names": plan.ask})
+    calls = [[name, [job.enc(a) for a in args], [[k, job.enc(v)] for k, v in kwargs]]
+             for name, args, kwargs in plan.prefetch]
+    reply = job.raw({"op": "def", "src": program, "names": plan.ask, "calls": calls})
     if "exc" in reply:
         exc = job.exception(reply["exc"])
         status = "oom" if isinstance(exc, MemoryError) else "error"
         return result(status, f"program raised {type(exc).__name__}: {exc}"[:300])
     bind_names(job, plan, reply.get("names"), ns)
+    job.cache_prefetched(calls, reply.get("calls"), reply.get("names"))
     ns[ASSERT_FN] = rr_assert
     saw_oom = False
     for code, line in plan.statements:

@@ -245,6 +245,13 @@ class ProgramSide:
             os._exit(0)
         return reply
 
+    def serve_call(self, name: str, a: list, k: list) -> dict:
+        """A prefetched call of the program's global `name`."""
+        f = self.ns.get(name)
+        if f is None:
+            return {"exc": ["NameError", f"name {name!r} is not defined"]}
+        return self.serve({"op": "call", "h": self.handle(f), "a": a, "k": k})
+
     def _serve(self, msg: dict) -> dict:
         op = msg["op"]
         if op == "call":
@@ -275,7 +282,11 @@ class ProgramSide:
                     return {"r": items, "exc": exc_info(e)}
             return {"r": items, "end": False}
         if op == "def":
-            return self._define(msg["src"], msg["names"])
+            out = self._define(msg["src"], msg["names"])
+            calls = msg.get("calls")
+            if calls:
+                out["calls"] = [self.serve_call(name, a, k) for name, a, k in calls]
+            return out
         raise ValueError(f"unknown op {op!r}")
 
     def _define(self, src: str, names: list) -> dict:
@@ -367,33 +378,35 @@ class FdSink(io.RawIOBase):
 
 
 # ------------------------------------------------------------------------------ program process
-def program_main(rpc_fd: int, out_fd: int, jobdir: str, limits: dict, confine_child) -> None:
+def prepare_zygote(jobdir: str) -> None:
+    """Per-process state every program process shares, set once in the zygote (its children
+    inherit it): cwd, environment, signal dispositions, stdin, the output stream object."""
+    os.chdir(jobdir)
+    os.environ.clear()
+    os.environ.update({"PATH": "/usr/bin:/bin", "HOME": jobdir, "TMPDIR": jobdir,
+                       "LANG": "C.UTF-8", "PYTHONHASHSEED": "0"})
+    tempfile.tempdir = jobdir
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # oversized writes fail instead of killing
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGPIPE, signal.SIGCHLD, signal.SIGALRM):
+        signal.signal(sig, signal.SIG_DFL)
+    # write-through to fd 1 (the job's output file once a program process has it as fd 1):
+    # nothing is lost when the process is killed
+    stream = io.TextIOWrapper(FdSink(1), encoding="utf-8", errors="replace", write_through=True)
+    sys.stdout = sys.stderr = sys.__stdout__ = sys.__stderr__ = stream
+    sys.modules["__main__"] = types.ModuleType("__main__")
+
+
+def program_main(rpc_fd: int, out_fd: int, keep_closed: list, limits: dict, confine_child) -> None:
     """Runs in the forked program process. Never returns."""
     try:
         os.setsid()
-        devnull = os.open(os.devnull, os.O_RDONLY)
-        os.dup2(devnull, 0)
         os.dup2(out_fd, 1)
         os.dup2(out_fd, 2)
-        keep = {0, 1, 2, rpc_fd}
-        for fd in (devnull, out_fd):
-            if fd not in keep:
+        confine_child(limits)
+        for fd in [out_fd, *keep_closed]:
+            if fd > 2 and fd != rpc_fd:
                 os.close(fd)
-        os.closerange(3, rpc_fd)
-        os.closerange(rpc_fd + 1, 1 << 16)
-        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # oversized writes fail instead of killing
-        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGPIPE, signal.SIGCHLD, signal.SIGALRM):
-            signal.signal(sig, signal.SIG_DFL)
-        os.chdir(jobdir)
-        os.environ.clear()
-        os.environ.update({"PATH": "/usr/bin:/bin", "HOME": jobdir, "TMPDIR": jobdir,
-                           "LANG": "C.UTF-8", "PYTHONHASHSEED": "0"})
-        tempfile.tempdir = jobdir
-        confine_child(jobdir, limits)
         sys.setrecursionlimit(int(limits.get("recursion_limit", 3000)))
-        stream = io.TextIOWrapper(FdSink(1), encoding="utf-8", errors="replace", write_through=True)
-        sys.stdout = sys.stderr = sys.__stdout__ = sys.__stderr__ = stream
-        sys.modules["__main__"] = types.ModuleType("__main__")
         chan = wire.Channel(rpc_fd)
         side = ProgramSide(chan)
         chan.serve = side.serve
@@ -407,10 +420,16 @@ def program_main(rpc_fd: int, out_fd: int, jobdir: str, limits: dict, confine_ch
 
 
 # ------------------------------------------------------------------------------ zygote
-def zygote_loop(ctl: socket.socket, base_dir: str, is_init: bool, confine_child) -> None:
-    """Serve spawn/reap requests from the worker until the control socket closes."""
-    jobs = 0
-    pid, jobdir = None, None
+def zygote_loop(ctl: socket.socket, jobdir: str, is_init: bool, confine_child, keep_closed: list) -> None:
+    """Serve spawn requests from the worker until the control socket closes.
+
+    Each spawn first ends whatever is left of the previous job (SIGKILL to every process in
+    the namespace, wait for all, empty the job folder, which is the same for every job so
+    that its Landlock rule is built once), then forks the program process and sends the
+    worker a pidfd of it: the worker reads its CPU time and exit status and kills it itself,
+    without another round trip.
+    """
+    pid = None
     while True:
         try:
             data, fds, _, _ = socket.recv_fds(ctl, 65536, 4)
@@ -419,29 +438,30 @@ def zygote_loop(ctl: socket.socket, base_dir: str, is_init: bool, confine_child)
         if not data:
             break
         msg = json.loads(data)
-        if msg["op"] == "spawn":
-            jobs += 1
-            jobdir = os.path.join(base_dir, f"j{jobs}")
-            os.mkdir(jobdir, 0o700)
+        if msg["op"] == "spawn" and len(fds) == 2:
+            _end_job(pid, is_init)
+            _empty(jobdir)
             pid = os.fork()
             if pid == 0:
                 ctl.close()
-                program_main(fds[0], fds[1], jobdir, msg["limits"], confine_child)
+                program_main(fds[0], fds[1], keep_closed, msg["limits"], confine_child)
             for fd in fds:
                 os.close(fd)
-        elif msg["op"] == "reap":
-            status, cpu = _kill_and_reap(pid, is_init)
-            shutil.rmtree(jobdir, ignore_errors=True)
-            ctl.send(json.dumps({"status": status, "cpu_s": cpu}).encode())
-            pid = None
+            pidfd = os.pidfd_open(pid)
+            try:
+                socket.send_fds(ctl, [b'{"spawned": true}'], [pidfd])
+            finally:
+                os.close(pidfd)
+        else:
+            for fd in fds:
+                os.close(fd)
     os._exit(0)
 
 
-def _kill_and_reap(pid: int | None, is_init: bool) -> tuple[int | None, float]:
-    """SIGKILL the job's processes (as PID 1 of the namespace: every other process in it),
-    wait for all of them; (wait status of the program process, its CPU seconds)."""
+def _end_job(pid: int | None, is_init: bool) -> None:
+    """SIGKILL every process left of a job (as PID 1 of the namespace: all others) and wait."""
     if pid is None:
-        return None, 0.0
+        return
     if is_init:
         try:
             os.kill(-1, signal.SIGKILL)
@@ -453,19 +473,35 @@ def _kill_and_reap(pid: int | None, is_init: bool) -> tuple[int | None, float]:
                 target()
             except OSError:
                 pass
-    status, cpu = None, 0.0
+    _reap_all(pid, is_init)
+
+
+def _reap_all(pid: int | None, is_init: bool) -> None:
     while True:
         try:
-            got, st, ru = os.wait4(-1, 0)
+            got, _ = os.waitpid(-1 if is_init else (pid or -1), 0)
         except ChildProcessError:
-            break
+            return
         except InterruptedError:
             continue
-        if got == pid:
-            status, cpu = st, ru.ru_utime + ru.ru_stime
-            if not is_init:
-                break  # without a PID namespace, escaped descendants are the worker's subreaper's
-    return status, cpu
+        if not is_init and got == pid:
+            return  # without a PID namespace, escaped descendants are not ours to wait for
+
+
+def _empty(jobdir: str) -> None:
+    try:
+        names = os.listdir(jobdir)
+    except OSError:
+        return
+    for name in names:
+        path = os.path.join(jobdir, name)
+        if os.path.isdir(path) and not os.path.islink(path):
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            try:
+                os.unlink(path)
+            except OSError:
+                pass
 
 
 def vm_bytes() -> int:

@@ -140,7 +140,13 @@ class Worker:
             raise wire.Deadline()
 
     def _on_term(self, signum, frame) -> None:
-        """Sandbox.close(): the zygote and every program die with the worker (PDEATHSIG)."""
+        """Sandbox.close(): end the zygote (and so every program) and reap it, then exit.
+        Were the worker killed instead, they would die anyway (PDEATHSIG), reaped by init."""
+        try:
+            os.kill(self.zygote_pid, signal.SIGTERM)
+            os.waitpid(self.zygote_pid, 0)
+        except (OSError, AttributeError):
+            pass
         os._exit(0)
 
     # -- one job --------------------------------------------------------------------------------
@@ -206,7 +212,7 @@ class Worker:
             state.armed = False
             signal.setitimer(signal.ITIMER_REAL, 0)
         mine.close()
-        wait_status, child_cpu = self._reap()
+        wait_status, child_cpu = self._end(wait=out["status"] == "killed")
         if out["status"] == "killed" and wait_status is not None and os.WIFSIGNALED(wait_status):
             sig = os.WTERMSIG(wait_status)
             if sig in (signal.SIGXCPU, signal.SIGKILL) and "exited" in out["details"]:
@@ -222,19 +228,53 @@ class Worker:
         out["stdout_bytes"] = size
         return out
 
-    def _reap(self) -> tuple[int | None, float]:
-        """Ask the zygote to kill and reap the job; a zygote that does not answer is broken."""
+    def _end(self, wait: bool) -> tuple[int | None, float]:
+        """End the job's program process through the pidfd the zygote sent after forking it:
+        (its wait status if it had already ended, else None; its CPU seconds), then SIGKILL.
+        With `wait` (it closed the channel, so it is exiting), wait briefly for its end. The
+        zygote kills the rest of the job before the next spawn. A zygote that sent no pidfd
+        is broken."""
         try:
-            self.ctl.send(b'{"op": "reap"}')
             ready, _, _ = select.select([self.ctl], [], [], ZYGOTE_REPLY_S)
-            msg = json.loads(self.ctl.recv(65536)) if ready else None
-            status, cpu = msg["status"], msg["cpu_s"]
-            if not (status is None or type(status) is int) or type(cpu) not in (int, float):
-                raise ValueError
-            return status, float(cpu)
-        except (OSError, ValueError, TypeError, KeyError):
+            if not ready:
+                raise OSError("no pidfd from the zygote")
+            _, fds, _, _ = socket.recv_fds(self.ctl, 1024, 1)
+            if len(fds) != 1:
+                raise OSError("no pidfd from the zygote")
+        except OSError:
             self.broken = True
             return None, 0.0
+        pidfd = fds[0]
+        try:
+            if wait:
+                select.select([pidfd], [], [], 0.5)  # readable once the process has ended
+            status, cpu = _proc_status(pidfd)
+            try:
+                signal.pidfd_send_signal(pidfd, signal.SIGKILL)
+            except OSError:
+                pass
+            return status, cpu
+        finally:
+            os.close(pidfd)
+
+
+def _proc_status(pidfd: int) -> tuple[int | None, float]:
+    """(wait status if the process is a zombie, else None; utime + stime seconds) of the
+    process behind a pidfd, from /proc (its pid in our namespace is in the pidfd's fdinfo)."""
+    try:
+        with open(f"/proc/self/fdinfo/{pidfd}") as f:
+            pid = next(int(line.split()[1]) for line in f if line.startswith("Pid:"))
+        if pid <= 0:
+            return None, 0.0
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            fields = f.read().rsplit(b")", 1)[1].split()
+        cpu = (int(fields[11]) + int(fields[12])) / _CLK_TCK
+        return (int(fields[49]) if fields[0] == b"Z" else None), cpu
+    except (OSError, StopIteration, ValueError, IndexError):
+        return None, 0.0
+
+
+_CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
 def _output_file() -> int:
@@ -261,21 +301,28 @@ def _zygote_entry(ctl: socket.socket, uid: int | None, worker_pid: int) -> None:
     keep = ctl.fileno()
     os.closerange(3, keep)
     os.closerange(keep + 1, 1 << 16)
+    devnull = 0  # stdin stays /dev/null in every program process
     os.setsid()
 
     def fork_into_pid_ns() -> None:
         pid = os.fork()
         if pid:  # the outer process only waits: it is the worker's child, PID 1 is its child
             ctl.close()
+            # the worker's close: end PID 1 (and with it the namespace) and reap it here, so
+            # nothing is left for the host's init to reap
+            signal.signal(signal.SIGTERM, lambda *_: os.kill(pid, signal.SIGKILL))
             _, status = os.waitpid(pid, 0)
             os._exit(os.waitstatus_to_exitcode(status) & 0xFF)
         lc.prctl(confine.PR_SET_PDEATHSIG, signal.SIGKILL)
 
     iso, base_dir = confine.confine_zygote(f"rr-{worker_pid}", uid, fork_into_pid_ns)
     lc.prctl(confine.PR_SET_PDEATHSIG, signal.SIGKILL)  # cleared by the uid change
-    child = confine.make_child_confiner(iso, program.vm_bytes())
+    jobdir = os.path.join(base_dir, "job")
+    os.mkdir(jobdir, 0o700)
+    program.prepare_zygote(jobdir)
+    child, child_closes = confine.make_child_confiner(iso, program.vm_bytes(), jobdir)
     ctl.send(json.dumps({"ready": True, "isolation": iso.as_dict()}).encode())
-    program.zygote_loop(ctl, base_dir, iso.is_init, child)
+    program.zygote_loop(ctl, jobdir, iso.is_init, child, [devnull, *child_closes])
 
 
 def main() -> None:
