@@ -1,0 +1,140 @@
+"""The skill-safe step split around an optimizer step that someone else's loop takes.
+
+retainrl's own trainer calls `SafetyLayer.step`, which takes the optimizer step itself. A
+foreign loop (transformers' Trainer, TRL's GRPOTrainer) calls `optimizer.step()` on its own and
+offers a hook just before and just after it. `SkillSafeStep` is the layer's step-space update
+cut at that point, with the same parts and the same numbers:
+
+  before(params, step)   (target gradient g in .grad, already reduced over ranks and clipped)
+      1. skills = layer.switched_on(protected, step): the same switch (trigger or not) as the layer.
+      2. memories due for a refresh (every refresh_every steps) are regenerated through
+         `generation_policy()` (for TRL: a Policy around `unwrap_model_for_generation`), with the
+         layer's seeds (derive_seed(seed, step, "safety/memory/<skill>")).
+      3. rows G (K, d) and slacks from the layer's constraint builder (CONSTRAINTS, e.g.
+         "skill_mean": -grad J_s of each memory surrogate, rank-averaged); the builder's backward
+         replaces .grad, so the loop's gradient tensors are put back afterwards, untouched.
+      4. space "grad": g is projected now and written to .grad. space "step": the parameters
+         theta are snapshotted.
+  optimizer.step()       (the loop's own; Adam's moments see the target gradient)
+  after(params)
+      space "step": Delta = theta' - theta is the step the optimizer took; -Delta* =
+      project(-Delta, G, eps) is the layer's projection (project_update) and theta + Delta* is
+      written back, so <grad J_s, Delta*> >= -eps_s holds for the update actually applied.
+      When the projection leaves the step unchanged (no active constraint) nothing is written:
+      the step is bit-identical to the loop without the hooks.
+      Diagnostics are the layer's (predicted and realised dJ_s, cosines), under `prefix`.
+
+Random state: everything the hooks do (memory sampling, surrogate forwards) runs under
+torch.random.fork_rng, so the host loop's random stream (its own generation) is the same with
+and without the hooks.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Callable, ContextManager
+
+import torch
+
+from retainrl.parallel import flat_grad, flat_params, set_grads, set_params
+from retainrl.safety.layer import SafetyLayer, project_update
+from retainrl.seeds import derive_seed
+
+
+class SkillSafeStep:
+    """before()/after() around a foreign optimizer step; see the module docstring.
+
+    layer: a SafetyLayer (its cfg: eps, eps_mode, space, solver, memory sizes, refresh_every,
+    trigger); protected: the skills to protect; sandbox: the verifier of memory refreshes;
+    policy: a retainrl Policy around the trained model (the surrogates' forward + backward);
+    generation_policy: () -> context manager yielding the Policy to generate memory rollouts
+    with (default: `policy`); prefix: metric namespace."""
+
+    def __init__(self, layer: SafetyLayer, protected: list[str], sandbox, policy,
+                 generation_policy: Callable[[], ContextManager] | None = None, prefix: str = "skill_safe"):
+        self.layer, self.protected, self.sandbox, self.policy = layer, list(protected), sandbox, policy
+        self.generation_policy = generation_policy or (lambda: contextlib.nullcontext(policy))
+        self.prefix = prefix
+        self.pending: dict | None = None
+        self.last_rows: torch.Tensor | None = None   # G of the latest step with constraints (for checks)
+        self.calls = {"before": 0, "after": 0}
+
+    def _rng(self):
+        dev = self.policy.device
+        return torch.random.fork_rng(devices=[dev] if getattr(dev, "type", "cpu") == "cuda" else [])
+
+    def _refresh_due(self, skills: list[str], step: int) -> None:
+        layer = self.layer
+        due = [s for s in skills
+               if layer.memory(s).rollout is None or step - layer.memory(s).refreshed_at >= layer.cfg.refresh_every]
+        if not due:
+            return
+        model = self.policy.model
+        was_training = model.training
+        with self.generation_policy() as gen_policy:
+            for s in due:
+                layer.memory(s).refresh(gen_policy, self.sandbox, layer.sampling,
+                                        seed=derive_seed(layer.seed, step, f"safety/memory/{s}"), step=step)
+        model.train(was_training)  # retainrl's generate leaves the model in eval mode
+
+    def before(self, params: list[torch.nn.Parameter], step: int) -> None:
+        """Call with the target gradient in .grad, right before optimizer.step()."""
+        self.calls["before"] += 1
+        self.pending = None
+        skills = self.layer.switched_on(self.protected, step)
+        if not skills:
+            self.pending = {"skills": []}
+            return
+        with self._rng():
+            g = flat_grad(params)
+            self._refresh_due(skills, step)
+            saved = [p.grad for p in params]
+            was_training = self.policy.model.training
+            cons = self.layer.build_rows(self.layer, self.policy, params, self.sandbox, step, skills)
+            self.policy.model.train(was_training)
+            for p, grad in zip(params, saved):  # the loop's own gradient tensors, untouched
+                p.grad = grad
+        cfg = self.layer.cfg
+        pending = {"skills": skills, "g": g, "cons": cons}
+        if cfg.space == "grad":
+            d, pm = project_update(g, cons.G, cons.eps, cons.eps_mode, cfg.solver)
+            if not torch.equal(d, g):
+                set_grads(params, d)
+            pending["pm"] = pm
+        pending["before"] = flat_params(params)
+        self.pending = pending
+        self.last_rows = cons.G
+
+    def after(self, params: list[torch.nn.Parameter]) -> dict[str, float]:
+        """Call right after optimizer.step(); returns <prefix>/* metrics of this step."""
+        self.calls["after"] += 1
+        pending, self.pending = self.pending, None
+        if pending is None:
+            raise RuntimeError("SkillSafeStep.after() without before(): the hooks must bracket every optimizer step")
+        p = self.prefix
+        skills = pending["skills"]
+        metrics: dict[str, float] = {f"{p}/num_protected": float(len(skills))}
+        if not skills:
+            return metrics
+        cfg, cons, before = self.layer.cfg, pending["cons"], pending["before"]
+        proposed = flat_params(params) - before
+        if cfg.space == "step":
+            u, pm = project_update(-proposed, cons.G, cons.eps, cons.eps_mode, cfg.solver)
+            if torch.equal(u, -proposed):
+                applied = proposed
+            else:
+                set_params(params, before - u)
+                applied = -u
+        else:
+            applied, pm = proposed, pending["pm"]
+        metrics[f"{p}/projected"] = float(not torch.equal(applied, proposed)) if cfg.space == "step" else \
+            float(pm.get("proj/num_active", 0.0) > 0)
+        for i, s in enumerate(cons.owners):  # the projection's per-row keys are s0, s1, ...
+            pm = {k.replace(f"/s{i}", f"/{s}") if k.endswith(f"/s{i}") else k: v for k, v in pm.items()}
+        metrics.update({k.replace("proj/", f"{p}/", 1): v for k, v in pm.items()})
+        for s in skills:
+            metrics[f"{p}/memory_reward/{s}"] = self.layer.memories[s].mean_reward
+        with self._rng(), torch.no_grad():
+            diag = self.layer._diagnostics(pending["g"], cons, applied)
+        metrics.update({k.replace("safety/", f"{p}/", 1): v for k, v in diag.items()})
+        return metrics

@@ -1,0 +1,238 @@
+"""retainrl inside TRL: per-skill Sandbox rewards, Task <-> dataset rows, and the skill-safe
+callback on a real GRPOTrainer (tiny random Qwen2 + LoRA, CPU).
+
+The skill-safe tests train skill "a" (reward: the completion contains an "e") while protecting
+skill "b" (reward: it contains none), so the target and the protected gradients conflict and
+the projection has work to do; the checks measure the applied step from the parameters
+themselves, outside the callback."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+pytest.importorskip("trl")
+pytest.importorskip("datasets")
+
+from peft import LoraConfig  # noqa: E402
+from transformers import AutoTokenizer, TrainerCallback  # noqa: E402
+from trl import GRPOConfig, GRPOTrainer  # noqa: E402
+
+from retainrl.data.task import Task  # noqa: E402
+from retainrl.integrations.rewards import (dataset_tasks, skill_rewards, task_from_row, task_to_row,  # noqa: E402
+                                           tasks_to_dataset)
+from retainrl.integrations.step_hooks import SkillSafeStep  # noqa: E402
+from retainrl.integrations.trl import SkillSafetyCallback, UnsupportedSetup, attach_skill_safety  # noqa: E402
+from retainrl.parallel import flat_params, set_grads, set_params  # noqa: E402
+from retainrl.policy.model import ModelConfig, load_policy  # noqa: E402
+from retainrl.policy.rollout import SamplingConfig  # noqa: E402
+from retainrl.safety.layer import SafetyLayer  # noqa: E402
+from retainrl.train.config import SafetyConfig  # noqa: E402
+from retainrl.verify import Sandbox  # noqa: E402
+
+from tests.tiny_models import make_tiny  # noqa: E402
+
+HAS_E, NO_E = r"(?s).*e.*", r"(?s)[^e]*"
+
+
+def fmt_task(skill: str, i: int, pattern: str) -> Task:
+    return Task(task_id=f"{skill}/{i}", skill=skill, source="test", prompt=f"def f(x): {i}", check="format",
+                meta={"answer_format": pattern})
+
+
+A_TASKS = [fmt_task("a", i, HAS_E) for i in range(8)]
+B_TASKS = [fmt_task("b", i, NO_E) for i in range(8)]
+MEMORY = dict(memory_prompts=2, memory_samples=4, batch_prompts=2)
+
+
+@pytest.fixture(scope="module")
+def sandbox():
+    with Sandbox(workers=1) as sb:
+        yield sb
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    torch.set_num_threads(1)
+    return make_tiny("qwen2", tmp_path_factory.mktemp("tiny_trl"))
+
+
+# ----------------------------------------------------------------------------- rewards and rows
+
+def _unit(skill="gen", i=0):
+    return Task(task_id=f"u{i}", skill=skill, source="t", prompt="write add", entry_point="add",
+                tests="assert add(1, 2) == 3\n", meta={"k": [1, 2]})
+
+
+def _output():
+    return Task(task_id="o", skill="reason", source="t", prompt="what is f(1, 2)?", check="output_prediction",
+                tests="def f(a, b):\n    return a + b\n", entry_point="f", call_input="1, 2")
+
+
+def test_rows_round_trip_and_dataset_columns():
+    tasks = [_unit(), _output()]
+    ds = tasks_to_dataset(tasks)
+    assert {"prompt", "skill", "check", "tests", "meta", "entry_point"} <= set(ds.column_names)
+    assert dataset_tasks(ds) == {"gen": [tasks[0]], "reason": [tasks[1]]}
+    conv = task_to_row(tasks[0], conversational=True)
+    assert conv["prompt"] == [{"role": "user", "content": "write add"}]
+    assert task_from_row(conv) == tasks[0]
+
+
+@pytest.mark.parametrize("column,value,words", [("check", "rm -rf", "unknown check"), ("meta", "{", "not valid JSON"),
+                                                 ("timeout_s", float("inf"), "timeout_s"), ("tests", 3, "'tests'")])
+def test_bad_row_names_the_column(column, value, words):
+    row = task_to_row(_unit())
+    row[column] = value
+    with pytest.raises(ValueError, match=words):
+        task_from_row(row, "row 7")
+    del row[column]
+    with pytest.raises(ValueError, match=f"missing column '{column}'"):
+        task_from_row(row, "row 7")
+
+
+def test_skill_rewards_route_by_skill(sandbox):
+    gen, reason = skill_rewards(sandbox, ["gen", "reason"])
+    assert (gen.__name__, reason.__name__) == ("gen", "reason")
+    rows = [task_to_row(t) for t in (_unit(i=0), _unit(i=1), _output(), _output())]
+    cols = {k: [r[k] for r in rows] for k in rows[0]}
+    completions = ["def add(a, b):\n    return a + b\n", "def add(a, b):\n    return a - b\n", "3", "4"]
+    assert gen(completions=completions, completion_ids=[[]] * 4, **cols) == [1.0, 0.0, None, None]
+    assert reason(completions=completions, completion_ids=[[]] * 4, **cols) == [None, None, 1.0, 0.0]
+    # conversational completions: the assistant message's content is what gets checked
+    chat = [[{"role": "assistant", "content": c}] for c in completions]
+    assert gen(completions=chat, **cols) == [1.0, 0.0, None, None]
+    del cols["skill"]
+    with pytest.raises(ValueError, match="no 'skill' column"):
+        gen(completions=completions, **cols)
+
+
+# ----------------------------------------------------------------------------- the callback in TRL
+
+class Recorder(TrainerCallback):
+    """Counts the hooks and measures each applied step from the parameters (before any other
+    callback runs at pre-step; after every callback at step end)."""
+
+    def __init__(self):
+        self.pre = self.post = 0
+        self.before, self.applied, self.rows = None, [], []
+        self.safety: SkillSafetyCallback | None = None
+
+    def _params(self, model):
+        return [p for p in model.parameters() if p.requires_grad]
+
+    def on_pre_optimizer_step(self, args, state, control, model=None, **kw):
+        self.pre += 1
+        self.before = flat_params(self._params(model))
+
+    def on_optimizer_step(self, args, state, control, **kw):
+        self.post += 1
+
+    def on_step_end(self, args, state, control, model=None, **kw):
+        self.applied.append(flat_params(self._params(model)) - self.before)
+        self.rows.append(self.safety.hooks.last_rows.clone() if self.safety else None)
+
+
+def make_trainer(model_dir, sandbox, accumulation=1, steps=3, recorder=None, seed=0):
+    cfg = GRPOConfig(output_dir=str(model_dir) + f"/run{accumulation}", use_cpu=True, per_device_train_batch_size=4,
+                     num_generations=4, gradient_accumulation_steps=accumulation, max_completion_length=8,
+                     max_steps=steps, learning_rate=5e-2, lr_scheduler_type="constant", beta=0.0, loss_type="dapo",
+                     gradient_checkpointing=False, report_to="none", logging_steps=1, save_strategy="no",
+                     disable_tqdm=True, seed=seed, shuffle_dataset=False)
+    tok = AutoTokenizer.from_pretrained(model_dir, padding_side="left")
+    lora = LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0, target_modules="all-linear", task_type="CAUSAL_LM")
+    return GRPOTrainer(model=str(model_dir), reward_funcs=skill_rewards(sandbox, ["a", "b"]), args=cfg,
+                       train_dataset=tasks_to_dataset(A_TASKS), processing_class=tok, peft_config=lora,
+                       callbacks=[recorder] if recorder else None)
+
+
+def trained_params(trainer):
+    return flat_params([p for p in trainer.model.parameters() if p.requires_grad])
+
+
+@pytest.mark.parametrize("accumulation", [1, 2])
+def test_hooks_once_per_step_and_constraint_holds(tiny, sandbox, accumulation):
+    rec = Recorder()
+    trainer = make_trainer(tiny, sandbox, accumulation, steps=3, recorder=rec)
+    cb = attach_skill_safety(trainer, ["b"], {"b": B_TASKS}, sandbox, eps=0.0, refresh_every=1, **MEMORY)
+    rec.safety = cb
+    trainer.train()
+    assert trainer.state.global_step == 3
+    assert rec.pre == rec.post == 3 and cb.hooks.calls == {"before": 3, "after": 3}
+    projected = 0
+    for applied, G, h in zip(rec.applied, rec.rows, cb.history):
+        assert G is not None and G.shape == (1, applied.numel())
+        change = float(-(G.double() @ applied.double()))  # first-order change of J_b, measured on the parameters
+        assert change >= -1e-6 * float(G.norm() * applied.norm()) - 1e-12, (h["step"], change)
+        projected += int(h["skill_safe/projected"])
+    assert projected >= 1  # the conflict is real: the test would see an unprojected step fail
+    logged = {k for entry in trainer.state.log_history for k in entry}
+    assert {"rewards/a/mean", "rewards/b/mean", "skill_safe/num_protected", "skill_safe/num_active",
+            "skill_safe/predicted_dJ/b", "skill_safe/memory_reward/b"} <= logged
+
+
+def test_inactive_constraint_is_bit_identical(tiny, sandbox):
+    plain = make_trainer(tiny, sandbox, steps=2)
+    plain.train()
+    safe = make_trainer(tiny, sandbox, steps=2)
+    cb = attach_skill_safety(safe, ["b"], {"b": B_TASKS}, sandbox, eps=1e9, refresh_every=1, **MEMORY)
+    safe.train()
+    assert [h["skill_safe/num_active"] for h in cb.history] == [0.0, 0.0]  # rows built, nothing active
+    assert torch.equal(trained_params(plain), trained_params(safe))
+    assert not torch.equal(trained_params(plain), trained_params(make_trainer(tiny, sandbox, steps=0)))
+
+
+def test_refuses_deepspeed_and_bad_arguments(tiny, sandbox):
+    trainer = make_trainer(tiny, sandbox, steps=1)
+    with pytest.raises(ValueError, match="no memory tasks"):
+        attach_skill_safety(trainer, ["b"], {"a": A_TASKS}, sandbox)
+    trainer.is_deepspeed_enabled = True
+    with pytest.raises(UnsupportedSetup, match="inside accelerator.backward"):
+        attach_skill_safety(trainer, ["b"], {"b": B_TASKS}, sandbox)
+
+
+# ----------------------------------------------------------------------------- equals retainrl's own layer
+
+def test_hooks_around_a_step_equal_the_layers_step(tiny, sandbox):
+    """Same model, memory, seed, gradient: SafetyLayer.step (which takes the step itself) and
+    before(); optimizer.step(); after() give the same active constraints and the same parameters."""
+    cfg = SafetyConfig(enabled=True, eps=0.0, eps_mode="absolute", refresh_every=1, **MEMORY)
+    sampling = SamplingConfig(max_new_tokens=8)
+
+    def fresh():
+        torch.manual_seed(0)
+        policy = load_policy(ModelConfig(name_or_path=str(tiny), device="cpu", lora_r=4, lora_alpha=8,
+                                         chat_template="off"))
+        params = policy.trainable_parameters()
+        opt = torch.optim.Adam(params, lr=5e-2)
+        return policy, params, opt, SafetyLayer(cfg, {"b": B_TASKS}, sampling, seed=3)
+
+    policy, params, opt, probe = fresh()
+    for p in params:  # LoRA B starts at zero: give the adapter some weight so the rows are non-trivial
+        torch.nn.init.normal_(p.data, std=0.3)
+    init = flat_params(params)
+    rows = probe.build_rows(probe, policy, params, sandbox, 0, ["b"]).G
+    # a step along -g changes J_b by about <-G_b, -g> = <G_b, g> < 0 here: a conflict
+    g = -rows[0] + 0.3 * rows[0].norm() * torch.randn_like(rows[0]) / rows[0].numel() ** 0.5
+    assert float(rows.norm()) > 0
+
+    results = []
+    for mode in ("layer", "hooks"):
+        policy, params, opt, layer = fresh()
+        set_params(params, init)
+        set_grads(params, g)
+        if mode == "layer":
+            m = layer.step(params, opt, policy, sandbox, 0, ["b"])
+        else:
+            hooks = SkillSafeStep(layer, ["b"], sandbox, policy, prefix="safety")
+            hooks.before(params, 0)
+            opt.step()
+            m = hooks.after(params)
+        results.append((flat_params(params), m))
+    (p_layer, m_layer), (p_hooks, m_hooks) = results
+    assert m_layer["safety/num_active"] == m_hooks["safety/num_active"] == 1.0
+    assert torch.allclose(p_layer, p_hooks, atol=1e-7, rtol=0)
+    # the binding constraint: dJ_b = 0 up to float32 rounding of the flat vectors, on both sides
+    for m in (m_layer, m_hooks):
+        assert abs(m["safety/predicted_dJ/b"]) < 1e-6 * float(rows.norm() * (p_layer - init).norm())
+    assert float((p_layer - init).norm()) > 0
