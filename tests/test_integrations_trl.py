@@ -20,7 +20,7 @@ from trl import GRPOConfig, GRPOTrainer  # noqa: E402
 
 from retainrl.data.task import Task  # noqa: E402
 from retainrl.integrations.rewards import (dataset_tasks, skill_rewards, task_from_row, task_to_row,  # noqa: E402
-                                           tasks_to_dataset)
+                                           tasks_to_dataset, world_dataset)
 from retainrl.integrations.step_hooks import SkillSafeStep  # noqa: E402
 from retainrl.integrations.trl import SkillSafetyCallback, UnsupportedSetup, attach_skill_safety  # noqa: E402
 from retainrl.parallel import flat_params, set_grads, set_params  # noqa: E402
@@ -105,6 +105,33 @@ def test_skill_rewards_route_by_skill(sandbox):
     del cols["skill"]
     with pytest.raises(ValueError, match="no 'skill' column"):
         gen(completions=completions, **cols)
+
+
+def test_world_dataset_rewards_references_and_wrong_answers(sandbox):
+    """Every world skill through rows and its reward function: the reference scores 1 and a
+    plausible wrong answer 0 (the meta of refactor's form check survives the JSON column)."""
+    import random
+
+    from retainrl.data.world import VERSION_SKILLS, WorldConfig, make_world, wrong_answer
+
+    skills = list(VERSION_SKILLS[2])
+    cfg = WorldConfig(version=2, skills=tuple(skills), n_train=2, n_heldout=1)
+    rows = list(world_dataset(cfg, "train"))
+    cols = {k: [r[k] for r in rows] for k in rows[0]}
+    tasks = [t for s in skills for t in make_world(cfg)[s]["train"]]  # with their references (not in the rows)
+    assert [task_from_row(r).task_id for r in rows] == [t.task_id for t in tasks]
+    rng = random.Random(0)
+    right = [t.reference for t in tasks]
+    wrong = [wrong_answer(t, rng) for t in tasks]
+    for fn in skill_rewards(sandbox, skills):
+        mine = [i for i, t in enumerate(tasks) if t.skill == fn.__name__]
+        assert mine
+        got_right, got_wrong = fn(completions=right, **cols), fn(completions=wrong, **cols)
+        assert [got_right[i] for i in mine] == [1.0] * len(mine), fn.__name__
+        assert [got_wrong[i] for i in mine] == [0.0] * len(mine), fn.__name__
+        assert all(got_right[i] is None for i in range(len(tasks)) if i not in mine)
+    with pytest.raises(ValueError, match="not in the world"):
+        world_dataset(WorldConfig(n_train=1), skills=["nope"])
 
 
 # ----------------------------------------------------------------------------- the callback in TRL

@@ -61,6 +61,20 @@ def tasks_to_dataset(tasks: Iterable[Task] | dict[str, Iterable[Task]], conversa
     return Dataset.from_list(rows)
 
 
+def world_dataset(config=None, split: str = "train", skills: Iterable[str] | None = None,
+                  conversational: bool = False):
+    """The built-in code world's `split` ("train", "heldout", "pretrain") as a Dataset, skills in
+    the config's order (`skills` picks some). Benchmarks: tasks_to_dataset(load_benchmark(...))."""
+    from retainrl.data.world import WorldConfig, make_world
+
+    world = make_world(config or WorldConfig())
+    chosen = list(skills) if skills is not None else list(world)
+    unknown = [s for s in chosen if s not in world]
+    if unknown:
+        raise ValueError(f"world_dataset: skill(s) {unknown} not in the world (it has {list(world)})")
+    return tasks_to_dataset({s: world[s][split] for s in chosen}, conversational)
+
+
 def _prompt_text(prompt, where: str) -> str:
     """A row's prompt as text: the string, or the content of the last user message."""
     if isinstance(prompt, str):
