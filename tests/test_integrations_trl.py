@@ -160,8 +160,9 @@ class Recorder(TrainerCallback):
         self.rows.append(self.safety.hooks.last_rows.clone() if self.safety else None)
 
 
-def make_trainer(model_dir, sandbox, accumulation=1, steps=3, recorder=None, seed=0):
-    cfg = GRPOConfig(output_dir=str(model_dir) + f"/run{accumulation}", use_cpu=True, per_device_train_batch_size=4,
+def make_trainer(model_dir, sandbox, accumulation=1, steps=3, recorder=None, seed=0, ddp=False):
+    extra = dict(ddp_backend="gloo") if ddp else {}
+    cfg = GRPOConfig(output_dir=str(model_dir) + f"/run{accumulation}", use_cpu=True, **extra, per_device_train_batch_size=4,
                      num_generations=4, gradient_accumulation_steps=accumulation, max_completion_length=8,
                      max_steps=steps, learning_rate=5e-2, lr_scheduler_type="constant", beta=0.0, loss_type="dapo",
                      gradient_checkpointing=False, report_to="none", logging_steps=1, save_strategy="no",
@@ -263,3 +264,37 @@ def test_hooks_around_a_step_equal_the_layers_step(tiny, sandbox):
     for m in (m_layer, m_hooks):
         assert abs(m["safety/predicted_dJ/b"]) < 1e-6 * float(rows.norm() * (p_layer - init).norm())
     assert float((p_layer - init).norm()) > 0
+
+
+# ----------------------------------------------------------------------------- 2-rank DDP (gloo, torchrun)
+
+def test_ddp_two_ranks_apply_identical_parameters(tiny, tmp_path):
+    """torchrun, 2 CPU ranks, gloo: each rank generates its own half of the batch; DDP averages
+    .grad, the callback averages the rows, so both ranks project the same vectors and end with
+    bit-identical parameters, with the constraint holding for the applied steps."""
+    import json
+    import os
+    import socket
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(root)}
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+                           "--master_port", str(port), str(root / "tests" / "trl_ddp_worker.py"), str(tiny),
+                           str(tmp_path)], cwd=root, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    r0, r1 = (torch.load(tmp_path / f"rank{r}.pt") for r in (0, 1))
+    assert r0["world"] == 2
+    assert torch.equal(r0["params"], r1["params"])
+    h0, h1 = (json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1))
+    assert [h["skill_safe/num_active"] for h in h0] == [h["skill_safe/num_active"] for h in h1]
+    assert sum(h["skill_safe/projected"] for h in h0) >= 1
+    for a0, a1, G in zip(r0["applied"], r1["applied"], r0["rows"]):
+        assert torch.equal(a0, a1)
+        assert float(-(G.double() @ a0.double())) >= -1e-6 * float(G.norm() * a0.norm()) - 1e-12
+    assert float(sum(a.norm() for a in r0["applied"])) > 0
