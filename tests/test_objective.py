@@ -9,6 +9,7 @@ penalties by the number of micro-batches and averaged policy/ratio_min/max.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import pytest
@@ -16,6 +17,7 @@ import torch
 
 from retainrl.baselines import make_baseline
 from retainrl.config import load_config
+from retainrl.parallel import flat_params
 from retainrl.policy.model import ModelConfig, load_policy
 from retainrl.policy.rollout import SamplingConfig, generate
 from retainrl.train import objective
@@ -40,20 +42,14 @@ def _run(rollout, overrides: list[str]):
     """(metrics of the second of two updates, flat trainable parameters after them)."""
     cfg = load_config(RunConfig, None, ["rl.lr=0.05", *overrides])
     torch.manual_seed(0)  # LoRA A (and the value head) start the same in every variant
-    policy = load_policy(dataclasses_replace(cfg.model, threads=1, value_head=cfg.rl.algo == "ppo"))
+    policy = load_policy(dataclasses.replace(cfg.model, threads=1, value_head=cfg.rl.algo == "ppo"))
     # SGD: the applied step is linear in the gradient, so accumulation order noise stays ~1e-9
     opt = torch.optim.SGD(policy.trainable_parameters(), lr=cfg.rl.lr)
     method = make_baseline(cfg.method, policy, {}, cfg.sampling, cfg.seed)
     stats = [objective.update(cfg.rl, policy, opt, rollout, max_len=cfg.sampling.max_new_tokens,
                               penalty=method.penalty, step=i) for i in range(2)]
-    flat = torch.cat([p.detach().reshape(-1) for p in policy.trainable_parameters()])
+    flat = flat_params(policy.trainable_parameters())
     return stats[-1], flat
-
-
-def dataclasses_replace(obj, **kw):
-    import dataclasses
-
-    return dataclasses.replace(obj, **kw)
 
 
 VARIANTS = {

@@ -23,6 +23,7 @@ import torch.multiprocessing as mp
 
 from retainrl.baselines import make_baseline
 from retainrl.config import load_config
+from retainrl.parallel import flat_params
 from retainrl.policy.model import ModelConfig, load_policy
 from retainrl.policy.rollout import SamplingConfig, generate
 from retainrl.train import objective
@@ -66,7 +67,7 @@ def _update(rank: int, world: int, port: int, overrides: list[str], rollout) -> 
         rollout = rollout.select([g * GROUP + j for g in groups for j in range(GROUP)])
     for _ in range(2):
         objective.update(cfg.rl, policy, opt, rollout, max_len=cfg.sampling.max_new_tokens, penalty=method.penalty)
-    flat = torch.cat([p.detach().reshape(-1) for p in policy.trainable_parameters()])
+    flat = flat_params(policy.trainable_parameters())
     if world > 1:
         dist.destroy_process_group()
     return flat.tolist()

@@ -20,6 +20,8 @@ What each rank does, and why the ranks cannot drift apart:
   resumes from the same checkpoint. After the run the ranks compare a checksum of their
   trainable parameters and fail loudly if they differ.
 Backend: NCCL on CUDA, gloo on CPU (the CI test runs 2 CPU processes).
+The collectives themselves (all_sum, sum_gradients, ...) live in retainrl.parallel, below
+train/, because the skill-safe layer and the baselines use them too.
 """
 
 from __future__ import annotations
