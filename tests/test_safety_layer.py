@@ -227,3 +227,20 @@ def test_memories_have_distinct_hashed_seeds_per_skill():
     assert again.memory("reason").tasks == layer.memory("reason").tasks   # order of creation does not matter
     with pytest.raises(ValueError, match="no training tasks"):
         layer.memory("gen")
+
+
+def test_a_skill_may_own_several_rows():
+    # GEM-style rows: gen owns (-1, 1) and (0, 1); the projection keeps both, the diagnostics
+    # report gen once, from the mean of its rows (-0.5, 1)
+    def build(layer, policy, params, sandbox, step, skills):
+        return Constraints(torch.tensor([[-1.0, 1.0], [0.0, 1.0]]), torch.zeros(2, dtype=torch.float64), "absolute",
+                           ["gen", "gen"])
+
+    layer = SafetyLayer(SafetyConfig(enabled=True, space="step"), {}, None, seed=0)
+    layer.build_rows = build
+    p = torch.nn.Parameter(torch.zeros(2))
+    p.grad = torch.tensor([1.0, 0.0])
+    m = layer.step([p], torch.optim.SGD([p], lr=0.5), policy=None, sandbox=None, step=0, protected=["gen"])
+    assert torch.allclose(p.detach(), torch.tensor([-0.25, -0.25]))       # (0, 1) is inactive here
+    assert m["safety/predicted_dJ/gen"] == pytest.approx(-(0.125 - 0.25))  # -<(-0.5, 1), (-0.25, -0.25)>
+    assert [k for k in m if k.startswith("safety/cos/")] == ["safety/cos/target~gen"]

@@ -11,8 +11,9 @@ every input it needs as an argument, so any trainer can call it:
    constraint is switched on. Under data parallelism a constraint is on when it is on for any
    rank, so every rank projects on the same set.
 2. Constraint rows: the builder named by `constraint` (CONSTRAINTS) turns the switched-on
-   skills into rows G (K, d) of loss gradients and a slack per row. "skill_mean" (the only
-   one today): one row per skill, G_s = -grad J_s of its memory surrogate
+   skills into rows G (K, d) of loss gradients, a slack per row and the skill owning each row
+   (a skill may own several rows). "skill_mean" (the only one today): one row per skill,
+   G_s = -grad J_s of its memory surrogate
    (estimates.SkillMemory, one extra forward + backward each, LoRA parameters only), slack
    eps_s (SafetyConfig.eps / eps_per_skill, eps_mode).
 3. Under torch.distributed g and every row are all-reduced (mean) before projecting, so every
@@ -249,13 +250,17 @@ class SafetyLayer:
         return metrics
 
     def _diagnostics(self, g: torch.Tensor, cons: Constraints, applied: torch.Tensor) -> dict:
+        """Per skill (a skill with several rows: the mean of its rows, i.e. the gradient of the
+        mean of its row objectives): predicted and realised change of J_s, cosines."""
+        skills = list(dict.fromkeys(cons.owners))
+        rows = torch.stack([cons.G[[i for i, o in enumerate(cons.owners) if o == s]].double().mean(0) for s in skills])
         out = {}
-        for i, s in enumerate(cons.owners):
-            out[f"safety/predicted_dJ/{s}"] = float(-(cons.G[i].double() @ applied.double()))
+        for i, s in enumerate(skills):
+            out[f"safety/predicted_dJ/{s}"] = float(-(rows[i] @ applied.double()))
             if self.cfg.measure_realised and cons.J_after is not None:
                 out[f"safety/realised_dJ/{s}"] = cons.J_after(s) - cons.J_before[s]
-        names = ["target"] + cons.owners
-        vecs = torch.cat([g[None], cons.G]).double()
+        names = ["target"] + skills
+        vecs = torch.cat([g[None].double(), rows])
         norms = vecs.norm(dim=1).clamp(min=1e-30)
         cos = (vecs @ vecs.T) / (norms[:, None] * norms[None, :])
         for i in range(len(names)):
