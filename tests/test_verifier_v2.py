@@ -236,6 +236,12 @@ PROBE = dedent("""
     out['ppid'] = os.getppid()
     out['pids'] = sorted(int(p) for p in os.listdir('/proc') if p.isdigit())
     out['self'] = os.getpid()
+    out['others'] = {}
+    for pid in out['pids']:
+        if pid not in (1, out['self']):
+            for what in ('mem', 'environ', 'maps'):
+                attempt(f'{pid}/{what}', lambda: open(f'/proc/{pid}/{what}', 'rb').read(1))
+                out['others'][f'{pid}/{what}'] = out.pop(f'{pid}/{what}')
     print(json.dumps(out))
 """)
 
@@ -256,7 +262,12 @@ def test_class3_paths_identity_and_processes_are_confined(sandbox):
             assert out[k].startswith("refused"), (k, out)
     if "namespaces" in layers:
         assert out["tcp_connect"].startswith("refused"), out
-        assert out["ppid"] == 1 and set(out["pids"]) <= {1, out["self"]}, out  # nothing else visible
+        # no process outside the job's namespace is visible, and of those inside (the zygote,
+        # the previous job's processes that may still be dying) none can be read
+        assert out["ppid"] == 1, out
+        assert all(r.startswith("refused") for r in out["others"].values()), out
+        if "itself visible" in layers["proc"]:
+            assert out["pids"] == [out["self"]], out
         assert out["open_pid1_mem"].startswith("refused"), out
     if "identity" in layers:
         assert out["uid"] != 0 and out["uid"] == iso["uid"], out
@@ -608,3 +619,16 @@ def test_prefetched_and_sequential_calls_agree(sandbox):
     x = "y = 6\n"
     sequential = sandbox.run_tests(prog, x + "assert f(5) == 1\nassert f(y) == 2\nassert f(5) == 3\n")
     assert batched.passed and sequential.passed, (batched, sequential)
+
+
+def test_program_modules_bind_only_under_their_own_name_and_never_worker_acting_ones():
+    from retainrl.verify import judge
+
+    plan = judge.build_plan("x = (utils, math, shutil, store)\n")
+    ns: dict = {}
+    offered = {"utils": ["mod", "statistics"], "math": ["mod", "math"], "shutil": ["mod", "shutil"],
+               "store": ["mod", "os"], "not_asked": ["mod", "math"]}
+    from retainrl.verify import wire
+
+    judge.bind_names(judge.JudgeJob(wire.Channel(-1)), plan, offered, ns)
+    assert set(ns) == {"math", "shutil"}

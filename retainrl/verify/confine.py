@@ -5,8 +5,8 @@ Layers, each applied when this machine permits it and reported in `Isolation.lay
 
   namespaces  new mount, network (empty: no interfaces up), IPC, UTS and PID namespaces; the
               zygote is PID 1 of its PID namespace, so signals from its programs cannot reach
-              it, /proc is remounted to show only the namespace, and reaping a job kills every
-              process in it. As root these are created directly; otherwise inside a new user
+              it, /proc is remounted for the namespace with hidepid=invisible (a program sees
+              only itself), and ending a job kills every process in it. As root these are created directly; otherwise inside a new user
               namespace that maps only the caller's own uid.
   identity    as root: a per-worker uid (no supplementary groups). If the Python installation
               is under a folder others cannot search (pyenv in /root), that folder is hidden
@@ -265,8 +265,18 @@ def confine_zygote(base_dir_name: str, uid: int | None, fork_into_pid_ns) -> tup
         iso.is_init = os.getpid() == 1
         try:
             lc.mount(None, "/", None, MS_REC | MS_PRIVATE)
-            lc.mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
-            iso.layers["proc"] = "private /proc (this PID namespace only)"
+            # hidepid=invisible: a program sees only processes it could ptrace, i.e. itself
+            # (every other one is not dumpable): not the zygote, not a previous job's
+            # processes that are still dying
+            for opts, what in (("hidepid=invisible", "only the process itself visible"),
+                               ("hidepid=2", "only the process itself visible"), (None, "")):
+                try:
+                    lc.mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, opts)
+                    break
+                except OSError:
+                    if opts is None:
+                        raise
+            iso.layers["proc"] = "private /proc (this PID namespace" + (f"; {what})" if what else ")")
         except OSError as e:
             iso.missing["proc"] = str(e)
         try:

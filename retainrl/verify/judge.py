@@ -691,7 +691,10 @@ def _tz(off):
 
 
 # ------------------------------------------------------------------------------ running tests
-_MODULE_DENY = ("retainrl", "__main__", "__mp_main__", "__program__")
+# A program's global that is a module stands, in the tests, for the worker's own copy of that
+# module, and only under its own name (`import math` -> math; `import os as store` -> nothing):
+# the program cannot choose which trusted module a name the tests use refers to.
+_MODULE_DENY = frozenset({"retainrl", "__main__", "__mp_main__", "__program__"})
 
 
 def bind_names(job: JudgeJob, plan: TestPlan, offered, ns: dict) -> None:
@@ -705,14 +708,16 @@ def bind_names(job: JudgeJob, plan: TestPlan, offered, ns: dict) -> None:
         if type(v) is list and v and v[0] == "mod":
             modname = wire.check_str(v[1] if len(v) > 1 else None, 200)
             mod = sys.modules.get(modname)
-            if mod is not None and modname.split(".")[0] not in _MODULE_DENY:
+            if mod is not None and modname.split(".")[0] not in _MODULE_DENY \
+                    and name in (modname, modname.rsplit(".", 1)[-1]):
                 ns[name] = mod
             continue
         ns[name] = job.dec(v)
 
 
 def run_tests(job: JudgeJob, plan: TestPlan, program: str, state) -> dict:
-    """Define the program in its process, then run the tests here. Returns the result record
+    """Define the program in its process (`program`: its code object, marshalled and base64
+    encoded), then run the tests here. Returns the result record
     (status, details, units_passed, units_failed, statements_done). `state` is the worker's
     per-job state (deadline flag)."""
     counts = {"passed": 0, "failed": 0, "statements_done": 0}
@@ -743,7 +748,7 @@ def run_tests(job: JudgeJob, plan: TestPlan, program: str, state) -> dict:
             return result("error", f"trusted prelude raised {type(e).__name__}: {e}"[:300])
     calls = [[name, [job.enc(a) for a in args], [[k, job.enc(v)] for k, v in kwargs]]
              for name, args, kwargs in plan.prefetch]
-    reply = job.raw({"op": "def", "src": program, "names": plan.ask, "calls": calls})
+    reply = job.raw({"op": "def", "code": program, "names": plan.ask, "calls": calls})
     if "exc" in reply:
         exc = job.exception(reply["exc"])
         status = "oom" if isinstance(exc, MemoryError) else "error"

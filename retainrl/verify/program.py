@@ -4,22 +4,26 @@ Nothing here is trusted by the verdict. Whatever this code sends, the judge (jud
 as the program's answer; a program that rewrites this module can only send other answers.
 
 Zygote: forked by the worker at start-up, before any job exists (its memory holds no test, no
-program, no earlier job), confined once by confine.py, then a loop over the control socket:
-    {"op": "spawn", limits} + fds (RPC socket, output file) -> fork one program process
-    {"op": "reap"}  -> SIGKILL every process of the job, wait, remove its directory,
-                       reply {"status": wait status, "cpu_s": ...}
-Program process: its own session, rlimits, a nested Landlock layer (writes only in its job
-directory, no signals out of it) when available, stdout/stderr into the output file
-(write-through, so nothing is lost when it is killed), then serves the judge's requests:
-    def  {src, names}     exec the program in a fresh module; reply the values of `names`
-    call {h, a, k}        call handle h; reply the result and the new state of mutated args
-    get / set {h, n, v}   attribute of handle h
-    next {h, n}           up to n items of iterator handle h
-and calls back into the judge (tcall / tget) for trusted objects the tests passed to it.
+program, no earlier job), confined once by confine.py (PID 1 of its own namespaces), then a
+loop over the control socket:
+    {"op": "spawn", limits} + fds (RPC socket, output file) -> SIGKILL what is left of the
+    previous job, empty the job folder, fork one program process, send the worker its pidfd
+(the worker reads the program's CPU time and exit status from /proc and kills it itself).
+Program process: its own session, a nested Landlock layer (writes only in the job folder, no
+signals out of its domain), rlimits, stdout/stderr into the output file (write-through, so
+nothing is lost when it is killed), then serves the judge's requests:
+    def  {code, names, calls}  exec the program (a marshalled code object) in a fresh module;
+                               reply the values of `names` and the answers to the prefetched
+                               literal `calls`
+    call {h, a, k}             call handle h; reply the result and mutated list/dict/set args
+    get / set {h, n, v}        attribute of handle h
+    next {h, n}                up to n items of iterator handle h
+and calls back into the judge (tcall / tget / tset) for trusted objects the tests passed to it.
 """
 
 from __future__ import annotations
 
+import base64
 import builtins
 import collections
 import datetime
@@ -27,6 +31,7 @@ import decimal
 import fractions
 import io
 import json
+import marshal
 import math
 import os
 import re
@@ -282,19 +287,20 @@ class ProgramSide:
                     return {"r": items, "exc": exc_info(e)}
             return {"r": items, "end": False}
         if op == "def":
-            out = self._define(msg["src"], msg["names"])
+            out = self._define(msg["code"], msg["names"])
             calls = msg.get("calls")
             if calls:
                 out["calls"] = [self.serve_call(name, a, k) for name, a, k in calls]
             return out
         raise ValueError(f"unknown op {op!r}")
 
-    def _define(self, src: str, names: list) -> dict:
+    def _define(self, code: str, names: list) -> dict:
         module = types.ModuleType("__program__")
         sys.modules["__program__"] = module
         ns = self.ns = module.__dict__
         ns["__builtins__"] = builtins
-        exec(compile(src, "<program>", "exec", dont_inherit=True), ns)
+        # the worker compiled the program (its syntax check); the code object comes marshalled
+        exec(marshal.loads(base64.b64decode(code)), ns)
         out = {}
         for name in names:
             if name in ns and not name.startswith("__"):
@@ -424,10 +430,11 @@ def zygote_loop(ctl: socket.socket, jobdir: str, is_init: bool, confine_child, k
     """Serve spawn requests from the worker until the control socket closes.
 
     Each spawn first ends whatever is left of the previous job (SIGKILL to every process in
-    the namespace, wait for all, empty the job folder, which is the same for every job so
-    that its Landlock rule is built once), then forks the program process and sends the
-    worker a pidfd of it: the worker reads its CPU time and exit status and kills it itself,
-    without another round trip.
+    the namespace; a killed process never runs again, so its teardown is not waited for: it
+    is reaped later) and empties the job folder (the same for every job, so that its Landlock
+    rule is built once), then forks the program process and sends the worker a pidfd of it:
+    the worker reads its CPU time and exit status and kills it itself, without another round
+    trip.
     """
     pid = None
     while True:
@@ -452,6 +459,7 @@ def zygote_loop(ctl: socket.socket, jobdir: str, is_init: bool, confine_child, k
                 socket.send_fds(ctl, [b'{"spawned": true}'], [pidfd])
             finally:
                 os.close(pidfd)
+            _reap_dead(keep=pid)
         else:
             for fd in fds:
                 os.close(fd)
@@ -459,7 +467,7 @@ def zygote_loop(ctl: socket.socket, jobdir: str, is_init: bool, confine_child, k
 
 
 def _end_job(pid: int | None, is_init: bool) -> None:
-    """SIGKILL every process left of a job (as PID 1 of the namespace: all others) and wait."""
+    """SIGKILL every process left of a job (as PID 1 of the namespace: all others)."""
     if pid is None:
         return
     if is_init:
@@ -473,19 +481,22 @@ def _end_job(pid: int | None, is_init: bool) -> None:
                 target()
             except OSError:
                 pass
-    _reap_all(pid, is_init)
 
 
-def _reap_all(pid: int | None, is_init: bool) -> None:
+def _reap_dead(keep: int) -> None:
+    """Reap every ended child except `keep` (the current program process, whose exit status
+    the worker reads from /proc while it is a zombie), without blocking."""
     while True:
         try:
-            got, _ = os.waitpid(-1 if is_init else (pid or -1), 0)
+            info = os.waitid(os.P_ALL, 0, os.WEXITED | os.WNOHANG | os.WNOWAIT)
         except ChildProcessError:
             return
-        except InterruptedError:
-            continue
-        if not is_init and got == pid:
-            return  # without a PID namespace, escaped descendants are not ours to wait for
+        if info is None or info.si_pid == keep:
+            return
+        try:
+            os.waitpid(info.si_pid, 0)
+        except ChildProcessError:
+            return
 
 
 def _empty(jobdir: str) -> None:

@@ -18,9 +18,12 @@ program process sends is only ever an answer.
 
 from __future__ import annotations
 
+import base64
 import gc
 import json
+import marshal
 import os
+import resource
 import select
 import signal
 import socket
@@ -32,18 +35,21 @@ import time
 from retainrl.verify import confine, judge, program, wire
 
 # Modules a program or test commonly imports. Importing them here makes each program cheap
-# (its process is a fork of this image) and gives the tests a trusted copy.
+# (its process is a fork of this image) and gives the tests a trusted copy. Deliberately not
+# here: threading and what imports it (queue, logging, concurrent.futures): its after-fork
+# handler alone costs every program process ~125 copy-on-write page faults; and the codecs
+# beyond the default ones (2 MB more to copy at every fork). Programs import those as usual.
 PREIMPORT = (
     "abc array ast base64 binascii bisect calendar cmath collections collections.abc copy csv "
     "dataclasses datetime decimal difflib enum fractions functools hashlib heapq io itertools "
-    "json keyword math numbers operator pprint queue random re statistics string struct "
-    "tempfile textwrap time typing unicodedata uuid zlib threading sys os inspect traceback "
-    "logging concurrent.futures"
+    "json keyword math numbers operator pprint random re statistics string struct "
+    "tempfile textwrap time typing unicodedata uuid zlib sys os inspect traceback"
 ).split()
 HEADER = struct.Struct("!Q")
 MAX_SOURCE_BYTES = 1_000_000
 STDOUT_KEEP = 4096
 ZYGOTE_REPLY_S = 10.0
+WORKER_MEMORY_BYTES = 4 * 2**30
 
 
 # ----------------------------------------------------------------------------------------
@@ -101,14 +107,6 @@ class Worker:
                 __import__(name)
             except Exception:  # noqa: BLE001
                 pass
-        import encodings
-        import pkgutil
-
-        for mod in pkgutil.iter_modules(encodings.__path__):  # every codec, e.g. shift_jis
-            try:
-                __import__(f"encodings.{mod.name}")
-            except Exception:  # noqa: BLE001
-                pass
         self.out_fd = _output_file()
         signal.signal(signal.SIGALRM, self._on_alarm)
         signal.signal(signal.SIGTERM, self._on_term)
@@ -116,6 +114,10 @@ class Worker:
         gc.collect()
         gc.freeze()  # forked processes' collections skip these objects: fewer copy-on-write faults
         self._start_zygote()
+        # Trusted code runs here on values the program chose: an allocation it provokes fails
+        # with MemoryError (a failed unit) instead of pushing the machine into swap or OOM.
+        limit = program.vm_bytes() + WORKER_MEMORY_BYTES
+        resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
 
     def _start_zygote(self) -> None:
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
@@ -170,14 +172,14 @@ class Worker:
         if max(len(program_src), len(tests), len(trusted)) > MAX_SOURCE_BYTES:
             return {"status": "error", "details": "source too large"}
         try:
-            compile(program_src, "<program>", "exec", dont_inherit=True)
+            code = compile(program_src, "<program>", "exec", dont_inherit=True)
         except (SyntaxError, ValueError, RecursionError, MemoryError, OverflowError) as e:
             return {"status": "syntax_error", "details": f"{type(e).__name__}: {getattr(e, 'msg', e)}"[:300]}
         try:
             plan = self.plan(tests, trusted, exports)
         except judge.TestSourceError as e:
             return {"status": "error", "details": str(e)[:300]}
-        out = self._judge(job, plan, program_src, t0)
+        out = self._judge(job, plan, base64.b64encode(marshal.dumps(code)).decode("ascii"), t0)
         out["cpu_s"] = float(out.get("cpu_s") or 0.0) + (time.process_time() - cpu0)
         out["wall_s"] = time.monotonic() - t0
         return out
@@ -327,6 +329,13 @@ def _zygote_entry(ctl: socket.socket, uid: int | None, worker_pid: int) -> None:
 
 def main() -> None:
     uid = int(sys.argv[1]) if len(sys.argv) > 1 and sys.argv[1] != "-" else None
+    if len(sys.argv) > 2 and sys.argv[2] != "-":
+        # pinned: the worker, its zygote and every program share one core (cache-warm
+        # copy-on-write and hand-offs); the Sandbox spreads its workers over the cores
+        try:
+            os.sched_setaffinity(0, {int(sys.argv[2])})
+        except (OSError, ValueError):
+            pass
     worker = Worker(uid)
     worker.setup()
     stdin, stdout = sys.stdin.fileno(), sys.stdout.fileno()
