@@ -349,7 +349,9 @@ def test_inputs_not_modified_and_errors():
     project_sequential(g, G, 0.0)
     assert torch.equal(g, g0) and torch.equal(G, G0)
     with pytest.raises(ValueError):
-        project(g, G, -0.1)
+        project(g, G, float("-inf"))
+    with pytest.raises(ValueError):
+        project(g, G, -0.1, eps_mode="relative")          # negative slack is absolute only
     with pytest.raises(ValueError):
         project(g, G, torch.tensor([0.0, float("nan"), 0.0]))
     with pytest.raises(ValueError):
@@ -443,3 +445,67 @@ def test_sequential_is_exact_for_orthogonal_rows_and_keeps_order():
     G = torch.randn(4, 30, dtype=F64)
     out = project_sequential(g, G, 0.0, order=[2, 0, 3, 1])
     assert constraint_violations(out, G)[1] <= 1e-12 * G[1].norm() * g.norm()
+
+
+# ---------------------------------------------------------------------------------------------
+# Negative slack (a budget counted from the phase start: a skill that lost too much must improve)
+
+
+def test_d2_negative_slack_one_constraint_by_hand():
+    # g = (1, 0), g_1 = (0, 1), eps = -1: delta_2 >= 1. Nearest point: (1, 1) = g + 1 * g_1.
+    g, G = torch.tensor([1.0, 0.0], dtype=F64), torch.tensor([[0.0, 1.0]], dtype=F64)
+    delta, info = project_with_info(g, G, -1.0)
+    assert delta.tolist() == pytest.approx([1.0, 1.0], abs=1e-15)
+    assert info.lam.tolist() == pytest.approx([1.0], abs=1e-15)
+    assert info.violation_before.tolist() == [1.0] and info.violation_after.tolist() == [0.0]
+    # g_1 = (-1, 1), eps = -1: delta_2 - delta_1 >= 1; delta = (1 - lam, lam) -> lam = 1, delta = (0, 1)
+    delta, info = project_with_info(g, torch.tensor([[-1.0, 1.0]], dtype=F64), -1.0)
+    assert delta.tolist() == pytest.approx([0.0, 1.0], abs=1e-15)
+    assert info.lam.tolist() == pytest.approx([1.0], abs=1e-15)
+
+
+def test_d2_negative_slack_two_constraints_by_hand():
+    # delta_2 >= 1 (g_1 = (0, 1), eps_1 = -1) and -delta_1 >= 0.5 (g_2 = (-1, 0), eps_2 = -0.5):
+    # the corner (-0.5, 1) = (1, 0) + 1 * (0, 1) + 1.5 * (-1, 0); both active.
+    g = torch.tensor([1.0, 0.0], dtype=F64)
+    G = torch.tensor([[0.0, 1.0], [-1.0, 0.0]], dtype=F64)
+    delta, info = project_with_info(g, G, torch.tensor([-1.0, -0.5]))
+    assert delta.tolist() == pytest.approx([-0.5, 1.0], abs=1e-15)
+    assert info.lam.tolist() == pytest.approx([1.0, 1.5], abs=1e-14)
+    # a negative slack on one row and a positive one on the other: only the first binds
+    delta, info = project_with_info(g, G, torch.tensor([-1.0, 2.0]))
+    assert delta.tolist() == pytest.approx([1.0, 1.0], abs=1e-15)
+    assert info.lam.tolist() == pytest.approx([1.0, 0.0], abs=1e-15)
+
+
+def test_g_zero_with_negative_slack_takes_the_shortest_restoring_step():
+    # <(3, 4), delta> >= 5 from delta = 0: delta = 5 / 25 * (3, 4) = (0.6, 0.8), lam = 0.2
+    delta, info = project_with_info(torch.zeros(2, dtype=F64), torch.tensor([[3.0, 4.0]], dtype=F64), -5.0)
+    assert delta.tolist() == pytest.approx([0.6, 0.8], abs=1e-15)
+    assert info.lam.tolist() == pytest.approx([0.2], abs=1e-15)
+
+
+def test_negative_slack_cases_without_a_solution_are_reported_not_raised():
+    g = torch.tensor([1.0, 0.0], dtype=F64)
+    # a zero row asking for improvement: nothing restores it; g comes back, the violation is reported
+    delta, info = project_with_info(g, torch.zeros(1, 2, dtype=F64), -1.0)
+    assert torch.equal(delta, g) and info.solver == "unbindable" and info.violation_after.tolist() == [1.0]
+    # opposite rows both asking for improvement: jointly infeasible; a finite answer, a residual > 0
+    delta, info = project_with_info(g, torch.tensor([[1.0, 0.0], [-1.0, 0.0]], dtype=F64), -1.0)
+    assert torch.isfinite(delta).all() and float(info.violation_after.max()) > 0 and info.kkt_residual > 0
+
+
+@pytest.mark.parametrize("solver_exact", [8, 0])
+def test_negative_slack_random_matches_slsqp_and_kkt(solver_exact):
+    # full-rank rows (S <= d) make any slacks jointly feasible; both solvers must be exact
+    rng = np.random.default_rng(5)
+    for _ in range(40):
+        S = int(rng.integers(1, 7))
+        d = int(rng.integers(S, 30))
+        G, g = rng.standard_normal((S, d)), rng.standard_normal(d) * rng.choice([0.0, 1.0], p=[0.2, 0.8])
+        eps = rng.uniform(-2, 1, S)
+        delta, info = project_with_info(torch.tensor(g), torch.tensor(G), torch.tensor(eps), max_exact=solver_exact)
+        assert_kkt(g, G, eps, delta, info.lam, rtol=1e-8) if np.linalg.norm(g) > 0 else None
+        assert float(info.violation_after.max()) <= 1e-9 * (1 + np.abs(eps).max())
+        ref = slsqp_reference(g, G, eps)
+        assert np.allclose(delta.numpy(), ref, atol=1e-6 * (1 + np.linalg.norm(ref)))

@@ -5,7 +5,7 @@ The problem (a Euclidean projection onto a polyhedron):
     delta* = argmin_delta  1/2 ||delta - g||^2   s.t.   <g_s, delta> >= -eps_s,   s = 1..S
 
 g (d,) is the proposed update, the rows g_s of G (S, d) are the protected skills' gradients and
-eps_s >= 0 is the slack each skill grants. g and the rows of G must share one sign convention:
+eps_s is the slack each skill grants (absolute slacks may be negative: see "Negative slack"). g and the rows of G must share one sign convention:
 both gradients of losses (then the step is theta <- theta - lr * delta) or both of rewards (then
 theta <- theta + lr * delta). Either way <g_s, delta> is skill s's first-order improvement per
 unit step, and the constraint lets it worsen by at most eps_s (eps_s = 0: no first-order harm).
@@ -26,6 +26,19 @@ only the S x S Gram matrix K and the S-vector G g are ever needed; nothing d x d
 and d (millions) is touched only in two streaming passes (Gram, then delta = g + G^T lam),
 both accumulated in float64 over column chunks. delta is unique even when K is singular
 (duplicated, parallel or zero rows): every optimal lam gives the same G^T lam.
+
+Negative slack (a budget counted from an earlier point, CPO's recovery mode): eps_s < 0 asks
+for a first-order *improvement* <g_s, delta> >= |eps_s|, so a skill that has already lost more
+than its budget gets a restoring step. Nothing above assumes eps >= 0 except that delta = 0 is
+feasible; the LCP still characterises the optimum whenever the constraints are jointly feasible
+(the primal is strictly convex, so KKT holds and a basic optimal lam exists), so enumeration
+stays exact and the tolerances are relative to max(||g||, the slack scale) (g may be 0 and
+still infeasible). Two cases have no solution and are not errors (training must go on):
+a zero row with eps_s < 0 (no direction restores it to first order) is dropped like any zero
+row, and jointly infeasible constraints (e.g. opposite rows both asking for improvement) give
+the candidate of smallest KKT residual; `project_with_info` reports both through
+violation_after and kkt_residual. Negative slack is absolute only (mode "relative" is a cosine
+bound and stays >= 0).
 
 Solver (`project`):
   * Feasible g (c >= 0 in float64): g is returned unchanged (a clone, bit-for-bit equal).
@@ -156,8 +169,10 @@ def _eps_vector(eps, S: int, mode: str, g_norm: float, row_norms: np.ndarray) ->
     if isinstance(eps, torch.Tensor):
         eps = eps.detach().to("cpu", torch.float64).numpy()
     e = np.broadcast_to(np.asarray(eps, dtype=np.float64), (S,)).copy()
-    if np.isnan(e).any() or (e < 0).any():
-        raise ValueError(f"eps must be >= 0 (no NaN), got {e.tolist()}")
+    if np.isnan(e).any() or (e == -np.inf).any():
+        raise ValueError(f"eps must be a number or +inf (no NaN, no -inf), got {e.tolist()}")
+    if mode == "relative" and (e < 0).any():
+        raise ValueError(f"relative eps must be >= 0 (negative slack is absolute only), got {e.tolist()}")
     if mode == "relative":
         with np.errstate(invalid="ignore"):  # inf * 0 (a zero row) is an unconstrained row
             e = np.where(row_norms == 0, np.inf, e * g_norm * row_norms)
@@ -275,7 +290,12 @@ def _project(g, G, eps, eps_mode, max_exact, tol, max_iter) -> _Solution:
     if S == 0 or np.all(b + e >= 0):
         return _Solution(g.clone(), np.zeros(S), e, b, K, gg, "feasible", 0, 0.0)
     keep = np.flatnonzero((norms > 0) & np.isfinite(e))               # rows that can bind
-    n, gn = norms[keep], gg ** 0.5                                     # gn > 0 here: g = 0 is feasible
+    if keep.size == 0:  # only zero rows with negative slack are violated: nothing can restore them
+        return _Solution(g.clone(), np.zeros(S), e, b, K, gg, "unbindable", 0, 0.0)
+    n = norms[keep]
+    # the scale of the normalised problem: ||g||, or (g = 0 with negative slack) the largest
+    # slack distance |eps_s| / ||g_s||, so that tolerances stay relative
+    gn = gg ** 0.5 if gg > 0 else float(np.max(np.abs(e[keep]) / n, initial=0.0)) or 1.0
     Kn = K[np.ix_(keep, keep)] / np.outer(n, n)                        # unit diagonal
     np.fill_diagonal(Kn, 1.0)
     cn = (b[keep] + e[keep]) / (n * gn)
@@ -298,8 +318,9 @@ def project(g: torch.Tensor, G: torch.Tensor, eps=0.0, *, eps_mode: str = "absol
     """Minimum-change update that harms no protected skill beyond its slack.
 
     g: (d,) proposed update. G: (S, d) protected skills' gradients (same sign convention as g).
-    eps: float or (S,), >= 0: slack per skill, absolute or (eps_mode="relative") rel_s as in
-         `resolve_eps`. eps_s = inf disables constraint s.
+    eps: float or (S,): slack per skill, absolute (may be negative: then skill s must improve
+         by at least -eps_s) or (eps_mode="relative", >= 0) rel_s as in `resolve_eps`.
+         eps_s = inf disables constraint s.
     max_exact: largest number of binding-capable constraints solved by exact enumeration;
          above it the Hildreth solver runs to KKT residual `tol` (relative units) or `max_iter`
          sweeps.
@@ -325,7 +346,8 @@ class ProjectionInfo:
     violation_before / violation_after: max(0, -eps_s - before_s) / (-eps_s - after_s).
     rel_change: ||delta - g|| / ||g|| (0 when g = 0).
     cos_G:     pairwise cosines of the rows of G (0 for a zero row); cos_g: cos(g_s, g).
-    solver:    "feasible" | "enumeration" | "hildreth"; iterations: active sets tried or sweeps.
+    solver:    "feasible" | "enumeration" | "hildreth" | "unbindable" (only zero rows violated);
+               iterations: active sets tried or sweeps.
     kkt_residual: max_s |min(lam_s, w_s)| of the normalised dual (unit rows, unit g).
     """
 
