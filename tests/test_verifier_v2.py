@@ -632,3 +632,13 @@ def test_program_modules_bind_only_under_their_own_name_and_never_worker_acting_
 
     judge.bind_names(judge.JudgeJob(wire.Channel(-1)), plan, offered, ns)
     assert set(ns) == {"math", "shutil"}
+
+
+def test_trusted_prelude_keeps_helpers_and_drops_the_entry_point():
+    from retainrl.verify.checks import trusted_prelude
+
+    src = trusted_prelude(POLY_PREFIX, "find_zero")
+    assert "def poly(" in src and "import math" in src and "find_zero" not in src
+    assert trusted_prelude("def add(a, b):\n", "add") == ""                    # an open signature only
+    assert "X = 3" in trusted_prelude("X = 3\n\ndef add(a, b):\n", "add")      # cut before the open def
+    assert trusted_prelude("", "f") == ""

@@ -7,7 +7,9 @@
 What each check does with the (untrusted) completion:
 
 * unit_tests: code = extract_code(completion); program = program_prefix + code + program_suffix;
-  the sandbox runs `tests` after it. If the task's meta has "standalone_prefix" and the code
+  the sandbox runs `tests` against it, with the definitions of program_prefix other than the
+  entry point (trusted_prelude: a prompt's helpers such as HumanEval/32's `poly`) bound on the
+  trusted side, and the entry point exported (so MBPP's `sum` is the program's `sum`). If the task's meta has "standalone_prefix" and the code
   itself defines `def <entry_point>(` at column 0 (a whole function rather than the body the
   prefix's open `def` line expects), the program is standalone_prefix + code + suffix instead.
   If meta has "case_tests" (a list of independent test sources, e.g. QuixBugs), each case is

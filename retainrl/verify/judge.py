@@ -46,6 +46,7 @@ from retainrl.verify.wire import Malformed
 TRUSTED_FILES = frozenset({"<tests>", "<prelude>"})
 ASSERT_FN = "_rr_assert"
 NEXT_BATCH = 256
+MAX_FRACTION_BITS = 100_000
 _BUILTIN_NAMES = frozenset(dir(builtins))
 _PASSABLE_BUILTINS = frozenset(id(getattr(builtins, n)) for n in (
     "abs", "all", "any", "bool", "chr", "dict", "divmod", "float", "frozenset", "hash", "int", "len",
@@ -471,7 +472,10 @@ class JudgeJob:
         if tag == "D":
             return decimal.Decimal(wire.check_str(x[1], 10_000))
         if tag == "F":
-            return fractions.Fraction(_int(dec(x[1], d)), _int(dec(x[2], d)))
+            num, den = _int(dec(x[1], d)), _int(dec(x[2], d))
+            if max(num.bit_length(), den.bit_length()) > MAX_FRACTION_BITS:
+                raise ValueError("fraction too large")  # its gcd would be quadratic in C
+            return fractions.Fraction(num, den)
         if tag == "date":
             return datetime.date(*map(_int, x[1:4]))
         if tag == "dt":

@@ -13,11 +13,14 @@ the worker and reach the program only through a socket carrying plain data (wire
 by handle with tagged-literal arguments, tagged-literal results, program objects as handles
 without truth value, length, iteration, subscripting or equality of the program's making.
 Prompt helpers the tests use come from the task's trusted text (`trusted=`), never from the
-program. The program's output and exit are data, never a verdict.
+program; builtin names are the builtins unless the task exports them (`exports=`). Calls
+with literal arguments only are sent with the program and answered in one round trip. The
+program's output and exit are data, never a verdict.
 
 What is isolated:
 - the program cannot read or write the worker's memory, files or pipes: another process,
-  outside its PID namespace and its Landlock domain (no ptrace, no signals out of it);
+  outside its PID namespace and its Landlock domain (no ptrace, no signals out of it); its
+  /proc shows only itself (hidepid=invisible), not the zygote or a previous job's process;
 - where permitted (reported in `isolation`, warned about when missing): mount, network
   (empty), IPC, UTS and PID namespaces; a per-worker uid when root (or a user namespace
   mapping the caller's uid); Landlock: reads only in the Python installation and system
@@ -35,7 +38,11 @@ What is NOT isolated:
 - world-readable files under /usr and the Python installation are readable;
 - the trusted tests run in the worker on data the program chose: a value that makes trusted
   code slow or large is bounded by the deadline (SIGALRM, then the Sandbox's outer limit,
-  which restarts the worker) and by message size limits, not by a separate process;
+  which restarts the worker), message and value size limits and the worker's 4 GiB
+  address-space limit, not by a separate process; tests that change module state (random's
+  seed, say) change it for the worker's later jobs;
+- processes of a job that are killed but still being torn down may briefly coexist with the
+  next job's program (killed processes never run again; they are not visible to it);
 - a test that passes its own functions or objects to the program lets the program call them
   (with data) and read their public attributes.
 The Sandbox survives workers that die (they are restarted) and keeps serving.
