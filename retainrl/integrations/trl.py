@@ -35,10 +35,13 @@ of each log.
 from __future__ import annotations
 
 from collections import defaultdict
+from contextlib import contextmanager
 
+import torch
 from transformers import TrainerCallback
 
 from retainrl.data.task import Task
+from retainrl.evaluate import evaluate
 from retainrl.integrations.rewards import (dataset_tasks, skill_reward, skill_rewards, task_from_row,  # noqa: F401
                                            tasks_to_dataset, tasks_to_rows)
 from retainrl.integrations.step_hooks import SkillSafeStep
@@ -124,8 +127,37 @@ def _conversational(trainer) -> bool:
         return False
 
 
+def trainer_policy(trainer, model=None) -> Policy:
+    """A retainrl Policy around the trainer's model (or `model`), its tokenizer and device; prompts
+    go through the chat template when the training dataset is conversational, as TRL does."""
+    tok = trainer.processing_class
+    tok = getattr(tok, "tokenizer", tok)  # a processor wraps its tokenizer
+    cfg = ModelConfig(chat_template="on" if _conversational(trainer) else "off", lora_dropout=0.0)
+    return Policy(trainer.model if model is None else model, tok, trainer.accelerator.device, cfg, None)
+
+
+@contextmanager
+def generation_policy(trainer):
+    """The Policy to generate with: TRL's unwrap_model_for_generation (public API) around the model."""
+    from trl.models import unwrap_model_for_generation
+
+    with unwrap_model_for_generation(trainer.model_wrapped, trainer.accelerator) as m:
+        yield trainer_policy(trainer, m)
+
+
+def evaluate_skills(trainer, heldout: dict[str, list[Task]], sandbox, max_new_tokens: int = 64) -> dict[str, float]:
+    """Greedy held-out pass@1 per skill of the trainer's current model (retainrl.evaluate, the
+    numbers retainrl's own runs put in R); the host loop's random stream and train mode are kept."""
+    model = trainer.model
+    was_training = model.training
+    with torch.random.fork_rng(devices=[]), generation_policy(trainer) as policy:
+        out = evaluate(policy, heldout, sandbox, SamplingConfig(max_new_tokens=max_new_tokens))
+    model.train(was_training)
+    return {s: r["pass@1"] for s, r in out.items()}
+
+
 def attach_skill_safety(trainer, protected: list[str], memory_tasks, sandbox, eps: float = 0.0,
-                        refresh_every: int = 10, *, eps_mode: str = "absolute", sampling: SamplingConfig | None = None,
+                        refresh_every: int = 10, *, eps_mode: str | None = None, sampling: SamplingConfig | None = None,
                         **safety) -> SkillSafetyCallback:
     """Add the skill-safe step to `trainer` (TRL GRPOTrainer or any transformers Trainer); returns the callback.
 
@@ -134,7 +166,7 @@ def attach_skill_safety(trainer, protected: list[str], memory_tasks, sandbox, ep
     verifier of memory refreshes (kept open by the caller for the whole run); eps, eps_mode,
     refresh_every and **safety: SafetyConfig fields (memory_prompts, memory_samples,
     batch_prompts, space, solver, is_clip, measure_realised, trigger, tau, trigger_source,
-    eps_per_skill); sampling: memory rollout sampling (default: the trainer's temperature, top_p
+    eps_per_skill; eps_mode: default SafetyConfig's, as in retainrl's own runs); sampling: memory rollout sampling (default: the trainer's temperature, top_p
     and max_completion_length). Seeds come from trainer.args.seed."""
     check_supported(trainer)
     if not protected:
@@ -148,29 +180,14 @@ def attach_skill_safety(trainer, protected: list[str], memory_tasks, sandbox, ep
     bad = [t for ts in memory_tasks.values() for t in ts if not isinstance(t, Task)][:1]
     if bad:
         raise ValueError(f"attach_skill_safety: memory_tasks must hold retainrl Tasks, got {type(bad[0]).__name__}")
-    cfg = SafetyConfig(enabled=True, eps=eps, eps_mode=eps_mode, refresh_every=refresh_every, **safety)
+    if eps_mode is not None:
+        safety["eps_mode"] = eps_mode
+    cfg = SafetyConfig(enabled=True, eps=eps, refresh_every=refresh_every, **safety)
     if cfg.trigger and cfg.trigger_source != "memory":
         raise ValueError("attach_skill_safety: trigger=True needs trigger_source='memory' (the callback has no "
                          "evaluation curves)")
     layer = SafetyLayer(cfg, memory_tasks, sampling or _sampling_of(trainer.args), seed=int(trainer.args.seed))
-    tok = trainer.processing_class
-    tok = getattr(tok, "tokenizer", tok)  # a processor wraps its tokenizer
-    model_cfg = ModelConfig(chat_template="on" if _conversational(trainer) else "off", lora_dropout=0.0)
-    device = trainer.accelerator.device
-
-    def generation_policy():
-        from contextlib import contextmanager
-
-        from trl.models import unwrap_model_for_generation
-
-        @contextmanager
-        def ctx():
-            with unwrap_model_for_generation(trainer.model_wrapped, trainer.accelerator) as m:
-                yield Policy(m, tok, device, model_cfg, None)
-        return ctx()
-
-    hooks = SkillSafeStep(layer, protected, sandbox, Policy(trainer.model, tok, device, model_cfg, None),
-                          generation_policy)
+    hooks = SkillSafeStep(layer, protected, sandbox, trainer_policy(trainer), lambda: generation_policy(trainer))
     callback = SkillSafetyCallback(trainer, hooks)
     trainer.add_callback(callback)
     return callback
