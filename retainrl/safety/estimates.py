@@ -10,6 +10,20 @@ re-verified; in between they are stale and the surrogate is importance-corrected
 whose gradient at theta = behaviour is the usual policy gradient sum A * grad log p. One
 extra forward+backward per protected skill per step, over `batch_prompts * samples` rows.
 Fresh mode is memory mode with refresh_every = 1 (every step new rollouts, ratio = 1).
+
+Answer-likelihood mode (`AnswerMemory`, the quantity of the per-prompt constraints): a fixed
+set of a skill's training prompts, each with up to `samples` verified-correct answers of the
+policy (refreshed every `refresh_every` steps from the current policy's passing samples; a
+prompt with no passing sample in a refresh keeps its previous answers). Per prompt p
+
+    J_p(theta) = mean over stored answers a of  token_mean_t log p_theta(a_t | p, a_<t)   (T = 1)
+
+It does not saturate: unlike the GRPO surrogate (zero when a group's rewards are all equal)
+its gradient is non-zero at pass rate 1, and between refreshes it is a deterministic function
+of theta (no sampling noise). `per_prompt_values_and_grads` gives J (P,) and the P per-prompt
+gradients (P, d) from one batched forward and one batched backward (autograd's vmap over the
+P unit cotangents, `is_grads_batched`; a loop of P backward passes through the same graph when
+the model has an op without a batching rule).
 """
 
 from __future__ import annotations
@@ -22,6 +36,109 @@ from retainrl.policy.rollout import Rollout, SamplingConfig, completion_logprobs
 from retainrl.rl.advantages import grpo_advantages
 from retainrl.rl.losses import aggregate
 from retainrl.verify.checks import verify_many
+
+
+def cat_rollouts(parts: list[Rollout]) -> Rollout:
+    """Rows of several rollouts as one (group size 1, temperature 1): prompts left-padded and
+    completions right-padded to the widest, padding masked out (pad id 0: never attended to)."""
+    P = max(r.prompt_ids.shape[1] for r in parts)
+    T = max(r.completion_ids.shape[1] for r in parts)
+    pad = torch.nn.functional.pad
+    return Rollout(torch.cat([pad(r.prompt_ids, (P - r.prompt_ids.shape[1], 0)) for r in parts]),
+                   torch.cat([pad(r.prompt_mask, (P - r.prompt_mask.shape[1], 0)) for r in parts]),
+                   torch.cat([pad(r.completion_ids, (0, T - r.completion_ids.shape[1])) for r in parts]),
+                   torch.cat([pad(r.completion_mask, (0, T - r.completion_mask.shape[1])) for r in parts]),
+                   [t for r in parts for t in r.texts], [i for r in parts for i in r.task_index], 1)
+
+
+def answer_loglik(policy, answers: list[Rollout]) -> torch.Tensor:
+    """J (P,): per prompt, the mean over its answers of the token-mean log-likelihood (with graph).
+
+    answers: P rollouts (each: one prompt's stored answers, >= 1 row); one batched forward."""
+    batch = cat_rollouts(answers)
+    lp, _, _ = completion_logprobs(policy, batch)                              # (N, T)
+    mask = batch.completion_mask.to(lp.device).to(lp.dtype)
+    per_row = (lp * mask).sum(-1) / mask.sum(-1).clamp(min=1)                  # (N,)
+    owner = torch.repeat_interleave(torch.arange(len(answers), device=lp.device),
+                                    torch.tensor([a.completion_ids.shape[0] for a in answers], device=lp.device))
+    J = torch.zeros(len(answers), dtype=per_row.dtype, device=lp.device).index_add(0, owner, per_row)
+    return J / torch.bincount(owner, minlength=len(answers)).to(J.dtype)
+
+
+def per_prompt_values_and_grads(policy, params, answers: list[Rollout], batched: bool = True):
+    """(J (P,) float64 detached, gradients (P, d) float32 of J_p w.r.t. the flat `params`).
+
+    The flat layout is `parallel.flat_grad`'s (params in order, zeros for unused ones)."""
+    J = answer_loglik(policy, answers)
+    eye = torch.eye(J.shape[0], dtype=J.dtype, device=J.device)
+    grads = None
+    if batched:
+        try:
+            grads = torch.autograd.grad(J, params, grad_outputs=eye, is_grads_batched=True, retain_graph=True,
+                                        allow_unused=True, materialize_grads=True)
+        except RuntimeError:  # an op without a vmap batching rule: P plain backward passes instead
+            grads = None
+    if grads is None:
+        per = [torch.autograd.grad(J[i], params, retain_graph=True, allow_unused=True, materialize_grads=True)
+               for i in range(J.shape[0])]
+        grads = [torch.stack([g[k] for g in per]) for k in range(len(params))]
+    flat = torch.cat([g.reshape(J.shape[0], -1).to(torch.float32) for g in grads], 1)
+    return J.detach().double(), flat
+
+
+class AnswerMemory:
+    """Fixed prompts of one protected skill (constraint prompts, then held-out diagnostic
+    prompts) with the policy's verified-correct answers to each."""
+
+    def __init__(self, skill: str, tasks: list, n_prompts: int, n_heldout: int, samples: int, seed: int):
+        rng = random.Random(seed)
+        picked = rng.sample(tasks, min(n_prompts + n_heldout, len(tasks)))
+        n_held = min(n_heldout, max(0, len(picked) - 1))  # at least one constraint prompt
+        self.skill, self.samples = skill, samples
+        self.tasks, self.heldout = picked[:len(picked) - n_held], picked[len(picked) - n_held:]
+        self.answers: list[Rollout | None] = [None] * len(picked)  # constraint prompts, then held-out
+        self.cursor = 0
+        self.refreshed_at = -1
+        self.pass_rate = float("nan")
+
+    @torch.no_grad()
+    def refresh(self, policy, sandbox, sampling: SamplingConfig, seed: int, step: int) -> None:
+        every = self.tasks + self.heldout
+        r = generate(policy, [t.prompt for t in every], n=self.samples, cfg=sampling, seed=seed)
+        verdicts = verify_many(sandbox, [(every[i], text) for i, text in zip(r.task_index, r.texts)])
+        passed = [v.reward("binary") >= 1.0 for v in verdicts]
+        for p in range(len(every)):
+            rows = [j for j, i in enumerate(r.task_index) if i == p and passed[j]]
+            if rows:  # else: keep the previous answers (a prompt being forgotten keeps its row)
+                ans = r.select(rows)
+                ans.group_size, ans.temperature, ans.task_index = 1, 1.0, [p] * len(rows)
+                self.answers[p] = ans
+        self.refreshed_at = step
+        self.pass_rate = sum(passed) / max(1, len(passed))
+
+    def next_prompts(self, k: int) -> list[int]:
+        """The next k constraint prompts that have answers (rotating through the memory)."""
+        have = [p for p in range(len(self.tasks)) if self.answers[p] is not None]
+        if not have:
+            return []
+        k = min(k, len(have))
+        start = self.cursor % len(have)
+        self.cursor = (self.cursor + k) % len(have)
+        return [have[(start + i) % len(have)] for i in range(k)]
+
+    def heldout_prompts(self) -> list[int]:
+        n = len(self.tasks)
+        return [n + i for i in range(len(self.heldout)) if self.answers[n + i] is not None]
+
+    def values(self, policy, prompts: list[int]) -> torch.Tensor:
+        """J_p (len(prompts),) float64, no graph."""
+        if not prompts:
+            return torch.zeros(0, dtype=torch.float64)
+        with torch.no_grad():
+            return answer_loglik(policy, [self.answers[p] for p in prompts]).double().cpu()
+
+    def values_and_grads(self, policy, params, prompts: list[int], batched: bool = True):
+        return per_prompt_values_and_grads(policy, params, [self.answers[p] for p in prompts], batched)
 
 
 class SkillMemory:

@@ -10,12 +10,33 @@ every input it needs as an argument, so any trainer can call it:
    pure function of each skill's reference, current value and tau) decide the skills whose
    constraint is switched on. Under data parallelism a constraint is on when it is on for any
    rank, so every rank projects on the same set.
-2. Constraint rows: the builder named by `constraint` (CONSTRAINTS) turns the switched-on
-   skills into rows G (K, d) of loss gradients, a slack per row and the skill owning each row
-   (a skill may own several rows). "skill_mean" (the only one today): one row per skill,
-   G_s = -grad J_s of its memory surrogate
-   (estimates.SkillMemory, one extra forward + backward each, LoRA parameters only), slack
-   eps_s (SafetyConfig.eps / eps_per_skill, eps_mode).
+2. Constraint rows: the builder named by `constraint` (CONSTRAINTS, SafetyConfig.constraint)
+   turns the switched-on skills into rows G (K, d) of loss gradients, a slack per row and the
+   skill owning each row (a skill may own several rows):
+   - "skill_mean": one row per skill, G_s = -grad J_s of its GRPO memory surrogate
+     (estimates.SkillMemory, one extra forward + backward each), slack eps_s. With one
+     averaged row per skill this is A-GEM's constraint, and the surrogate's gradient vanishes
+     for groups whose rewards are all equal (a mastered skill gives no row).
+   - "prompt_ll": GEM-style, one row per memory prompt, G_p = -grad J_p with J_p the
+     log-likelihood of the skill's own verified-correct answers to prompt p
+     (estimates.AnswerMemory): non-zero at pass rate 1, no sampling noise between refreshes.
+     `batch_prompts` prompts per skill per step (rotating), P per-prompt gradients from one
+     batched forward and backward.
+   - "prompt_ll_subspace": GPM-style, the per-skill subspace of the same per-prompt
+     gradients M (P, d): its top singular directions u_k (the fewest whose energy
+     sum sigma_k^2 reaches `subspace_energy` of the total, at most `subspace_max_rank`), from
+     the P x P Gram matrix M M^T (never d x d), each as two rows +-sigma_k / sqrt(P) u_k (so
+     |<row, Delta>| is the RMS over prompts of that component's first-order change of J_p);
+     with eps = 0 the step leaves the protected subspace alone, GPM's projection.
+   Slack (`budget`): "step" re-linearises every step, eps_s per row (SafetyConfig.eps /
+   eps_per_skill, eps_mode). "phase" counts from the phase start (the parameters theta_0 when
+   the protected set last changed): row p gets c_p = J_p(theta_t) - J_p(theta_0) + eps_s
+   (absolute, J units), possibly negative, so a prompt that has lost more than eps_s gets a
+   restoring step (CPO's recovery mode); J_p(theta_0) is re-measured on each refresh's answers.
+   In subspace mode the skill's mean row grad mean_p J_p gets c_s = mean_p(J_p(theta_t) -
+   J_p(theta_0)) + eps_s; while c_s >= 0 the two-sided subspace rows (slack eps_s) stay, and
+   once c_s < 0 they are replaced by the mean row alone (recovery: restore, do not freeze the
+   subspace the restoring step needs).
 3. Under torch.distributed g and every row are all-reduced (mean) before projecting, so every
    rank projects the same vectors and applies the same update.
 4. space="grad": d* = project(g, G, eps) is written into .grad and the optimizer steps. With SGD
@@ -25,9 +46,13 @@ every input it needs as an argument, so any trainer can call it:
    from g, so its statistics remain those of the target objective), then the parameters are
    put back and theta + Delta* is applied with -Delta* = project(-Delta, G, eps): the
    constraint <grad J_s, Delta*> >= -eps_s holds for the update actually applied.
-5. Diagnostics: pairwise cosines of the gradients, active constraints, ||delta - g|| / ||g||,
-   predicted first-order change of each J_s (<grad J_s, Delta applied>), and the realised
-   change of J_s on the same memory rows after the step.
+5. Diagnostics: pairwise cosines of the gradients, active constraints (count and fraction of
+   rows), ||delta - g|| / ||g||, the share of the applied step inside the span of the rows
+   (||P_G Delta||^2 / ||Delta||^2) and its largest |cos| with a row, predicted first-order
+   change of each J_s (<grad J_s, Delta applied>) and the realised change on the same rows
+   after the step; for the answer-likelihood constraints also both on held-out memory prompts
+   (`heldout_prompts`, never constrained) and, with budget "phase", the drift J_s - J_s(theta_0)
+   and the budget c_s.
 
 Seeds: a memory's prompts and each refresh's rollouts come from seeds.derive_seed(run seed,
 ...) keyed by the skill (and the step), the same on every rank.
@@ -41,7 +66,7 @@ from typing import Callable
 import torch
 
 from retainrl.parallel import all_sum, allreduce_mean, flat_grad, flat_params, set_grads, set_params
-from retainrl.safety.estimates import SkillMemory
+from retainrl.safety.estimates import AnswerMemory, SkillMemory
 from retainrl.safety.project import project_sequential, project_with_info
 from retainrl.seeds import derive_seed
 
@@ -125,6 +150,25 @@ def safe_step(params, opt, g: torch.Tensor, G: torch.Tensor, eps, eps_mode: str,
     return flat_params(params) - before, pm
 
 
+@torch.no_grad()
+def step_geometry(G: torch.Tensor, step: torch.Tensor) -> dict[str, float]:
+    """How much of `step` (d,) lies in the span of the rows of G (K, d), in float64:
+    protected_share = ||P_G step||^2 / ||step||^2 (P_G the orthogonal projector onto the row
+    span, from the K x K Gram matrix: (G s)^T (G G^T)^+ (G s)) and max_abs_cos = max_k
+    |cos(G_k, step)|; both 0 for a zero step or no rows."""
+    out = {"safety/num_rows": float(G.shape[0])}
+    sd, ss = step.double(), float(step.double() @ step.double())
+    if G.shape[0] == 0 or ss == 0:
+        return {**out, "safety/protected_share": 0.0, "safety/max_abs_cos": 0.0}
+    Gd = G.double()
+    a = Gd @ sd                                                           # (K,)
+    K = Gd @ Gd.T
+    share = float(a @ torch.linalg.pinv(K, hermitian=True, rtol=1e-12) @ a) / ss
+    norms = Gd.norm(dim=1).clamp(min=1e-300)
+    return {**out, "safety/protected_share": min(1.0, max(0.0, share)),
+            "safety/max_abs_cos": float((a.abs() / (norms * ss ** 0.5)).max())}
+
+
 # ----------------------------------------------------------------------------------------
 # constraint rows
 # ----------------------------------------------------------------------------------------
@@ -138,6 +182,10 @@ class Constraints:
     owners: list[str]
     J_before: dict[str, float] = field(default_factory=dict)
     J_after: Callable[[str], float] | None = None  # skill -> J_s on the same rows, at the new parameters
+    skill_rows: dict[str, torch.Tensor] | None = None  # skill -> -grad J_s (d,) when not the mean of its rows
+    heldout: dict[str, tuple[torch.Tensor, float]] = field(default_factory=dict)  # skill -> (-grad J_ho, J_ho)
+    heldout_after: Callable[[str], float] | None = None
+    extra: dict[str, float] = field(default_factory=dict)  # builder metrics (budgets, ranks)
 
 
 def skill_mean_rows(layer: "SafetyLayer", policy, params, sandbox, step: int, skills: list[str]) -> Constraints:
@@ -166,8 +214,138 @@ def skill_mean_rows(layer: "SafetyLayer", policy, params, sandbox, step: int, sk
     return Constraints(torch.stack(G_rows), eps, cfg.eps_mode, list(skills), J_before, J_after)
 
 
+def _eps_of(cfg, s: str) -> float:
+    return float((cfg.eps_per_skill or {}).get(s, cfg.eps))
+
+
+def _answer_terms(layer: "SafetyLayer", policy, params, sandbox, step: int, s: str):
+    """Skill s's answer memory at this step: (memory, constraint prompts, held-out prompts,
+    J (P + H,) float64, reward gradients (P + H, d) rank-averaged), or None without answers."""
+    cfg = layer.cfg
+    mem = layer.answer_memory(s)
+    if mem.refreshed_at < 0 or step - mem.refreshed_at >= cfg.refresh_every:
+        mem.refresh(policy, sandbox, layer.sampling, seed=derive_seed(layer.seed, step, f"safety/answers/{s}"),
+                    step=step)
+    prompts, held = mem.next_prompts(cfg.batch_prompts), mem.heldout_prompts()
+    if not prompts:  # no prompt of this skill has ever been answered correctly: nothing to keep
+        return None
+    J, grads = mem.values_and_grads(policy, params, prompts + held)
+    return mem, prompts, held, J, allreduce_mean(grads)
+
+
+def _anchor_values(layer: "SafetyLayer", policy, params, s: str, prompts: list[int]) -> torch.Tensor:
+    """J_p(theta_0) (len(prompts),) on the current answers, cached per refresh."""
+    mem = layer.answer_memories[s]
+    key = (mem.refreshed_at, layer.anchor_id)
+    cached = layer.anchor_J.get(s)
+    if cached is None or cached[0] != key:
+        every = [p for p in range(len(mem.answers)) if mem.answers[p] is not None]
+        now = flat_params(params)
+        with torch.no_grad():
+            set_params(params, layer.anchor)
+            vals = mem.values(policy, every)
+            set_params(params, now)
+        cached = (key, dict(zip(every, vals.tolist())))
+        layer.anchor_J[s] = cached
+    return torch.tensor([cached[1][p] for p in prompts], dtype=torch.float64)
+
+
+def _answer_constraints(layer: "SafetyLayer", policy, params, sandbox, step: int, skills: list[str],
+                        subspace: bool) -> Constraints:
+    cfg = layer.cfg
+    if layer.anchor is None:  # a caller that did not mark the phase start: the first step counts
+        layer.mark_phase(None, params)
+    d = sum(p.numel() for p in params)
+    rows, eps, owners, skill_rows, J_before, heldout, extra, used = [], [], [], {}, {}, {}, {}, {}
+    mode = "absolute" if cfg.budget == "phase" else cfg.eps_mode
+    for s in skills:
+        terms = _answer_terms(layer, policy, params, sandbox, step, s)
+        if terms is None:
+            extra[f"safety/rows/{s}"] = 0.0
+            continue
+        mem, prompts, held, J, grads = terms
+        P = len(prompts)
+        M, J_now = grads[:P], J[:P]                           # reward gradients (P, d), J_p (P,)
+        mean_row = -M.mean(0)
+        skill_rows[s], J_before[s], used[s] = mean_row, float(J_now.mean()), (prompts, held)
+        if held:
+            heldout[s] = (-grads[P:].mean(0), float(J[P:].mean()))
+        e_s = _eps_of(cfg, s)
+        if cfg.budget == "phase":
+            drift = J_now - _anchor_values(layer, policy, params, s, prompts)   # (P,)
+            extra[f"safety/drift/{s}"] = float(drift.mean())
+            extra[f"safety/budget/{s}"] = float(drift.mean()) + e_s
+        if not subspace:
+            rows.append(-M)
+            eps += (drift + e_s).tolist() if cfg.budget == "phase" else [e_s] * P
+            owners += [s] * P
+            extra[f"safety/rows/{s}"] = float(P)
+            continue
+        if cfg.budget == "phase" and float(drift.mean()) + e_s < 0:   # recovery: the mean row alone
+            rows.append(mean_row[None])
+            eps.append(float(drift.mean()) + e_s)
+            owners.append(s)
+            extra[f"safety/rows/{s}"], extra[f"safety/recovery/{s}"] = 1.0, 1.0
+            continue
+        B = subspace_rows(M, cfg.subspace_energy, cfg.subspace_max_rank)          # (r, d)
+        rows += [B, -B]
+        eps += [e_s] * (2 * B.shape[0])
+        owners += [s] * (2 * B.shape[0])
+        if cfg.budget == "phase":
+            rows.append(mean_row[None])
+            eps.append(float(drift.mean()) + e_s)
+            owners.append(s)
+            extra[f"safety/recovery/{s}"] = 0.0
+        extra[f"safety/rank/{s}"] = float(B.shape[0])
+        extra[f"safety/rows/{s}"] = float(2 * B.shape[0] + (cfg.budget == "phase"))
+
+    mems = layer.answer_memories
+
+    def J_after(s: str) -> float:
+        return float(mems[s].values(policy, used[s][0]).mean())
+
+    def heldout_after(s: str) -> float:
+        return float(mems[s].values(policy, used[s][1]).mean())
+
+    G = torch.cat(rows) if rows else torch.zeros(0, d)
+    return Constraints(G, torch.tensor(eps, dtype=torch.float64), mode, owners, J_before, J_after,
+                       skill_rows=skill_rows, heldout=heldout, heldout_after=heldout_after, extra=extra)
+
+
+@torch.no_grad()
+def subspace_rows(M: torch.Tensor, energy: float, max_rank: int) -> torch.Tensor:
+    """GPM-style basis of the rows of M (P, d): (r, d), row k = sigma_k / sqrt(P) * u_k.
+
+    u_k are M's top right singular vectors, r the fewest whose sum of sigma_k^2 reaches
+    `energy` of the total (at most max_rank; zero directions never). From the P x P Gram
+    matrix: M M^T = V diag(sigma^2) V^T, sigma_k u_k = M^T v_k (float64)."""
+    P = M.shape[0]
+    Md = M.double()
+    lam, V = torch.linalg.eigh(Md @ Md.T)                               # ascending
+    lam, V = lam.flip(0).clamp(min=0), V.flip(1)
+    total = float(lam.sum())
+    if total <= 0:
+        return torch.zeros(0, M.shape[1], dtype=M.dtype)
+    keep = lam > 1e-12 * float(lam[0])
+    cum = torch.cumsum(lam, 0) / total
+    r = min(int((cum < energy - 1e-12).sum()) + 1, int(keep.sum()), max_rank)
+    return (V[:, :r].T @ Md / P ** 0.5).to(M.dtype)
+
+
+def prompt_ll_rows(layer: "SafetyLayer", policy, params, sandbox, step: int, skills: list[str]) -> Constraints:
+    """One row per memory prompt (GEM): -grad J_p of the answer log-likelihood."""
+    return _answer_constraints(layer, policy, params, sandbox, step, skills, subspace=False)
+
+
+def prompt_ll_subspace_rows(layer: "SafetyLayer", policy, params, sandbox, step: int,
+                            skills: list[str]) -> Constraints:
+    """Two-sided rows on each skill's top per-prompt gradient subspace (GPM)."""
+    return _answer_constraints(layer, policy, params, sandbox, step, skills, subspace=True)
+
+
 # name -> builder(layer, policy, params, sandbox, step, skills) -> Constraints
-CONSTRAINTS = {"skill_mean": skill_mean_rows}
+CONSTRAINTS = {"skill_mean": skill_mean_rows, "prompt_ll": prompt_ll_rows,
+               "prompt_ll_subspace": prompt_ll_subspace_rows}
 
 
 # ----------------------------------------------------------------------------------------
@@ -180,11 +358,27 @@ class SafetyLayer:
     sampling: the rollout settings of memory refreshes; seed: the run seed; constraint: a
     key of CONSTRAINTS."""
 
-    def __init__(self, cfg, train_tasks: dict[str, list], sampling, seed: int, constraint: str = "skill_mean"):
+    def __init__(self, cfg, train_tasks: dict[str, list], sampling, seed: int, constraint: str | None = None):
+        constraint = constraint or getattr(cfg, "constraint", "skill_mean")
         if constraint not in CONSTRAINTS:
             raise KeyError(f"unknown constraint {constraint!r}; expected one of {sorted(CONSTRAINTS)}")
+        budget = getattr(cfg, "budget", "step")
+        if budget == "phase":
+            if constraint == "skill_mean":
+                raise ValueError("safety.budget=phase needs a constraint with a level that can be compared across "
+                                 "steps (prompt_ll or prompt_ll_subspace); the GRPO surrogate of skill_mean is 0 "
+                                 "at every refresh")
+            if cfg.eps_mode != "absolute" or cfg.space != "step":
+                raise ValueError("safety.budget=phase counts J in its own units: it needs safety.eps_mode=absolute "
+                                 "and safety.space=step")
         self.cfg, self.train_tasks, self.sampling, self.seed = cfg, train_tasks, sampling, seed
+        self.constraint = constraint
         self.build_rows = CONSTRAINTS[constraint]
+        self.answer_memories: dict[str, AnswerMemory] = {}
+        self.anchor: torch.Tensor | None = None      # theta_0: the parameters at the phase start
+        self.anchor_for: tuple | None = None         # the protected set it was taken for
+        self.anchor_id = 0                           # bumped at every new anchor (invalidates anchor_J)
+        self.anchor_J: dict[str, tuple] = {}
         self.memories: dict[str, SkillMemory] = {}
         self.reference: dict[str, float] = {}
         self.triggered: dict[str, bool] = {}
@@ -198,6 +392,22 @@ class SafetyLayer:
                                                self.cfg.memory_samples,
                                                seed=derive_seed(self.seed, "safety/memory-prompts", skill))
         return self.memories[skill]
+
+    def answer_memory(self, skill: str) -> AnswerMemory:
+        if skill not in self.answer_memories:
+            if not self.train_tasks.get(skill):
+                raise ValueError(f"safety: protected skill {skill!r} has no training tasks to build a memory from")
+            self.answer_memories[skill] = AnswerMemory(skill, self.train_tasks[skill], self.cfg.memory_prompts,
+                                                       self.cfg.heldout_prompts, self.cfg.memory_samples,
+                                                       seed=derive_seed(self.seed, "safety/answer-prompts", skill))
+        return self.answer_memories[skill]
+
+    def mark_phase(self, protected: list[str] | None, params) -> None:
+        """theta_0 <- the current parameters when the protected set changes (a phase start)."""
+        key = None if protected is None else tuple(protected)
+        if self.anchor is None or (key is not None and key != self.anchor_for):
+            self.anchor, self.anchor_for = flat_params(params), key
+            self.anchor_id += 1
 
     def switched_on(self, protected: list[str], step: int, curves: dict[str, list[float]] | None = None) -> list[str]:
         """The protected skills whose constraint is on at this step (all of them without the trigger).
@@ -234,6 +444,8 @@ class SafetyLayer:
         `params`); sandbox: the verifier of memory refreshes; step: steps done so far;
         protected: protected_skills(...) of this step; curves: skill -> evaluation history
         (the trigger's eval source)."""
+        if protected and self.constraint != "skill_mean":
+            self.mark_phase(protected, params)
         skills = self.switched_on(protected, step, curves)
         metrics: dict[str, float] = {"safety/num_protected": float(len(skills))}
         if not skills:
@@ -244,21 +456,35 @@ class SafetyLayer:
         for s in skills:
             if s in self.memories:
                 metrics[f"safety/memory_reward/{s}"] = self.memories[s].mean_reward
+            if s in self.answer_memories:
+                metrics[f"safety/memory_pass/{s}"] = self.answer_memories[s].pass_rate
         applied, pm = safe_step(params, optimizer, g, cons.G, cons.eps, cons.eps_mode, self.cfg.space, self.cfg.solver)
         metrics.update({k.replace("proj/", "safety/"): v for k, v in pm.items()})
+        if "safety/num_active" in metrics and cons.G.shape[0]:
+            metrics["safety/active_frac"] = metrics["safety/num_active"] / cons.G.shape[0]
         metrics.update(self._diagnostics(g, cons, applied))
         return metrics
 
     def _diagnostics(self, g: torch.Tensor, cons: Constraints, applied: torch.Tensor) -> dict:
-        """Per skill (a skill with several rows: the mean of its rows, i.e. the gradient of the
-        mean of its row objectives): predicted and realised change of J_s, cosines."""
-        skills = list(dict.fromkeys(cons.owners))
-        rows = torch.stack([cons.G[[i for i, o in enumerate(cons.owners) if o == s]].double().mean(0) for s in skills])
-        out = {}
+        """Per skill (the builder's skill row, else the mean of its rows, i.e. the gradient of the
+        mean of its row objectives): predicted and realised change of J_s, cosines; over all
+        rows: active fraction, share of the step in their span, largest |cos| with a row."""
+        out = dict(cons.extra)
+        out.update(step_geometry(cons.G, applied))
+        skills = list(cons.skill_rows) if cons.skill_rows else list(dict.fromkeys(cons.owners))
+        if not skills:
+            return out
+        rows = torch.stack([cons.skill_rows[s].double() if cons.skill_rows else
+                            cons.G[[i for i, o in enumerate(cons.owners) if o == s]].double().mean(0) for s in skills])
         for i, s in enumerate(skills):
             out[f"safety/predicted_dJ/{s}"] = float(-(rows[i] @ applied.double()))
             if self.cfg.measure_realised and cons.J_after is not None:
                 out[f"safety/realised_dJ/{s}"] = cons.J_after(s) - cons.J_before[s]
+            if s in cons.heldout:
+                row, J0 = cons.heldout[s]
+                out[f"safety/heldout_predicted_dJ/{s}"] = float(-(row.double() @ applied.double()))
+                if self.cfg.measure_realised and cons.heldout_after is not None:
+                    out[f"safety/heldout_realised_dJ/{s}"] = cons.heldout_after(s) - J0
         names = ["target"] + skills
         vecs = torch.cat([g[None].double(), rows])
         norms = vecs.norm(dim=1).clamp(min=1e-30)
@@ -269,11 +495,16 @@ class SafetyLayer:
         return out
 
     # -- checkpointing ---------------------------------------------------------------------
+    # (answer memories and theta_0 are saved too; a checkpoint without them restores none)
     def state(self) -> dict:
         return {"reference": self.reference, "triggered": self.triggered, "events": self.events,
                 "memories": {s: {k: getattr(m, k) for k in ("tasks", "rollout", "advantages", "behaviour", "cursor",
                                                              "refreshed_at", "mean_reward")}
-                             for s, m in self.memories.items()}}
+                             for s, m in self.memories.items()},
+                "answer_memories": {s: {k: getattr(m, k) for k in ("tasks", "heldout", "answers", "cursor",
+                                                                    "refreshed_at", "pass_rate")}
+                                    for s, m in self.answer_memories.items()},
+                "anchor": self.anchor, "anchor_for": list(self.anchor_for) if self.anchor_for is not None else None}
 
     def load_state(self, state: dict) -> None:
         self.reference, self.triggered, self.events = state["reference"], state["triggered"], state["events"]
@@ -281,3 +512,11 @@ class SafetyLayer:
             m = self.memory(s)
             for k, v in d.items():
                 setattr(m, k, v)
+        for s, d in (state.get("answer_memories") or {}).items():
+            m = self.answer_memory(s)
+            for k, v in d.items():
+                setattr(m, k, list(v) if k in ("tasks", "heldout", "answers") else v)
+        if state.get("anchor") is not None:
+            self.anchor = state["anchor"]
+            self.anchor_for = tuple(state["anchor_for"]) if state.get("anchor_for") is not None else None
+            self.anchor_id += 1

@@ -131,6 +131,26 @@ class SafetyConfig:
     trigger_source: Literal["eval", "memory"] = option("eval", "What the trigger watches: the online eval pass@1 "
                                                        "or the memory buffer's mean reward.")
     measure_realised: bool = option(True, "After each step, measure the realised change of J_s on the memory rows.")
+    constraint: Literal["skill_mean", "prompt_ll", "prompt_ll_subspace"] = option(
+        "skill_mean", "Constraint rows (safety/layer.py). skill_mean: one row per skill, the gradient of its GRPO "
+                      "memory surrogate (A-GEM-like; zero for groups whose rewards are all equal). prompt_ll: one row "
+                      "per memory prompt (GEM-like), the gradient of the log-likelihood of the skill's own "
+                      "verified-correct answers (non-zero at pass rate 1, no sampling noise between refreshes). "
+                      "prompt_ll_subspace: the per-skill top singular subspace of those per-prompt gradients "
+                      "(GPM-like, two-sided rows, see subspace_energy). The default stays skill_mean until the "
+                      "comparison on the v3 testbed is measured.")
+    budget: Literal["step", "phase"] = option(
+        "step", "Slack of a row. step: eps per step, re-linearised (drift accumulates unseen). phase: counted from "
+                "the phase start, c_p = J_p(now) - J_p(phase start) + eps, negative once a prompt lost more than eps "
+                "(then the step must restore it); needs a prompt_ll* constraint, eps_mode=absolute, space=step.")
+    heldout_prompts: int = option(4, "prompt_ll*: memory prompts per protected skill never constrained, on which the "
+                                     "predicted vs realised change of J is logged.", check=lambda v: v >= 0,
+                                  must="be >= 0")
+    subspace_energy: float = option(0.9, "prompt_ll_subspace: keep the fewest singular directions whose energy "
+                                         "(sum of sigma^2) reaches this fraction (GPM's threshold).",
+                                    check=lambda v: 0 < v <= 1, must="be in (0, 1]")
+    subspace_max_rank: int = option(4, "prompt_ll_subspace: at most this many directions per skill.",
+                                    check=lambda v: v >= 1, must="be >= 1")
 
 
 @dataclass
