@@ -11,6 +11,7 @@ import json
 import os
 import sys
 import time
+import warnings
 from pathlib import Path
 
 DEFAULT_DATA = Path(os.environ.get("RETAINRL_DATA", Path(__file__).resolve().parents[1].parent / "shared" / "data"))
@@ -269,6 +270,8 @@ def main(argv: list[str] | None = None) -> int:
     from retainrl.policy.model import ModelLoadError
     from retainrl.train.runio import RunError
 
+    # warnings in one line each (the default adds a line of source code under every message)
+    warnings.formatwarning = lambda message, category, *rest, **kw: f"warning: {message}\n"
     try:
         return _dispatch(sys.argv[1:] if argv is None else list(argv))
     except ConfigError as e:

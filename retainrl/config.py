@@ -48,6 +48,7 @@ import difflib
 import functools
 import hashlib
 import json
+import math
 import os
 import pathlib
 import textwrap
@@ -186,15 +187,18 @@ def _coerce(tp, v, key: str):
         raise _bad(key, v, "bool (true or false)")
     if tp is int:
         return _coerce_int(v, key)
-    if tp is float:
+    if tp is float:  # finite only: a NaN/inf setting breaks a run, and NaN != NaN breaks its resume
+        out = None
         if isinstance(v, (int, float)) and not isinstance(v, bool):
-            return float(v)
-        if isinstance(v, str):
+            out = float(v) if abs(v) < 2 ** 1024 else float("inf")
+        elif isinstance(v, str):
             try:
-                return float(v.strip())
+                out = float(v.strip())
             except ValueError:
                 pass
-        raise _bad(key, v, "float")
+        if out is not None and math.isfinite(out):
+            return out
+        raise _bad(key, v, "a finite float" if out is not None else "float")
     if tp is str:
         if isinstance(v, str):
             return v
@@ -406,7 +410,10 @@ def read_yaml(path: str | os.PathLike, allow_empty: bool = False) -> dict:
     try:
         data = yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
     except yaml.YAMLError as e:
-        raise ConfigError(f"malformed YAML in config file {str(path)!r}: {e}") from None
+        mark = getattr(e, "problem_mark", None)
+        where = f" line {mark.line + 1}, column {mark.column + 1}:" if mark is not None else ""
+        what = " ".join(str(x) for x in (getattr(e, "context", None), getattr(e, "problem", None)) if x) or str(e)
+        raise ConfigError(f"malformed YAML in config file {str(path)!r}:{where} {what}") from None
     if data is None or data == {}:
         if allow_empty:
             return {}

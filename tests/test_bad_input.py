@@ -92,6 +92,16 @@ def test_bad_config_is_one_line_without_traceback_in_a_real_process(tmp_path):
     ("safety.eps_per_skill={resaon: 0.1}", ["safety.eps_per_skill.resaon", "did you mean 'reason'"]),
     ("eval.pass_k=[4]", ["eval.pass_k", "pass@4 needs eval.n_samples >= 4", "eval.n_samples=0"]),
     ("rl.samples_per_prompt=1", ["rl.samples_per_prompt", ">= 2", "got 1", "rl.algo=grpo"]),
+    # found by the attack review: unbounded and non-finite values, unchecked fields, run names as paths
+    ("rl.lr=.inf", ["rl.lr", "finite float", "inf"]),
+    ("rl.gamma=.nan", ["rl.gamma", "finite float", "nan"]),
+    ("rl.gamma=1.5", ["rl.gamma", "[0, 1]"]),
+    ("method.ewc_lambda=-1", ["method.ewc_lambda", ">= 0"]),
+    ("method.ewc_prompts=0", ["method.ewc_prompts", ">= 1"]),
+    ("seed=99999999999999999999999", ["seed", "[0, 2**63)"]),
+    ("name=../../elsewhere", ["name", "plain folder name"]),
+    ("name=/tmp/abs", ["name", "plain folder name"]),
+    ("protocol.steps_per_phase=0", ["protocol.steps_per_phase", ">= 1", "retainrl eval"]),
 ])
 def test_bad_value_names_key_value_and_what_is_allowed(override, expect):
     msg = _config_error(override)
@@ -105,6 +115,9 @@ def test_cross_field_rules_that_need_two_keys():
     load_config(RunConfig, SMOKE, ["rl.algo=ppo", "rl.samples_per_prompt=1"])  # PPO has a value baseline: fine
     load_config(RunConfig, SMOKE, ["eval.pass_k=[1, 4]", "eval.n_samples=4"])
     assert "exactly one phase" in _config_error("protocol.kind=single")
+    assert "finite sum" in _config_error("protocol.kind=mixed", "protocol.mixed_weights={gen: 1.0e+308, repair: 1.0e+308}")
+    assert "only skill of a phase" in _config_error("protocol.kind=mixed", "protocol.phases=[gen]",
+                                                    "protocol.mixed_weights={gen: 0}")
     # a JSONL source with a record field decides skills at load time: not refused before loading
     cfg = load_config(RunConfig, SMOKE, ["data.sources=[{name: jsonl, path: x.jsonl}]", "protocol.phases=[mine]"])
     assert cfg.known_skills() is None
@@ -136,7 +149,8 @@ def test_missing_model_directory_is_not_sent_to_the_hub(tmp_path, capsys):
     code, err = _main(capsys, "train", SMOKE, f"model.name_or_path={tmp_path / 'no-such-model'}",
                       "--out", tmp_path / "r")
     assert code == 2 and "no-such-model" in err and "does not exist" in err and "Traceback" not in err
-    assert resolve_model_path("Qwen/Qwen2.5-Coder-0.5B") == "Qwen/Qwen2.5-Coder-0.5B"  # hub id shape: kept
+    with pytest.warns(UserWarning, match="no such local directory.*trying it as a Hugging Face hub id"):
+        assert resolve_model_path("Qwen/Qwen2.5-Coder-0.5B") == "Qwen/Qwen2.5-Coder-0.5B"  # hub id shape: kept
 
 
 def test_empty_or_partial_model_directory_says_what_is_missing(tmp_path):
@@ -361,3 +375,85 @@ def test_run_folder_that_cannot_be_created_is_one_line(tmp_path, capsys):
     blocker.write_text("not a folder")
     code, err = _main(capsys, "train", SMOKE, *TINY, "--out", blocker / "run")
     assert code == 2 and "Traceback" not in err and str(blocker / "run") in err
+
+
+def _forge(out: Path, edit) -> None:
+    """Rewrite both checkpoints with a valid checksum but edited contents (what a forger can do)."""
+    for name in ("state.safetensors", "state.prev.safetensors"):
+        st = checkpoint.load(out / "ckpt" / name)
+        edit(st)
+        checkpoint.save(st, out / "ckpt" / name)
+
+
+@pytest.mark.parametrize("edit,expect", [
+    (lambda st: st["adapter"].update({k: v[:1] for k, v in list(st["adapter"].items())[:1]}), "expected a float tensor"),
+    (lambda st: st["adapter"].update({k: v * float("nan") for k, v in list(st["adapter"].items())[:1]}), "NaN"),
+    (lambda st: st["adapter"].update({"extra.weight": st["adapter"][next(iter(st["adapter"]))]}), "LoRA parameters"),
+    (lambda st: st.update(global_step="2"), "'global_step' is '2'"),
+    (lambda st: st.update(phase=99), "'phase' is 99"),
+    (lambda st: st.update(R="abc"), "'R'"),
+    (lambda st: st.update(model_fingerprint="0" * 64), "another model"),
+    (lambda st: st.update(metrics=st["metrics"][:5]), "'metrics' does not decompress"),
+    (lambda st: st["rng"].update(python=[1, 2, 3]), "does not fit this run"),
+    (lambda st: st.update(config="not a config"), "'config' is a str"),
+])
+def test_forged_checkpoint_contents_are_refused_naming_the_key(finished_run, tmp_path, capsys, edit, expect):
+    """A checksum proves a file is as written, not that this run wrote it: contents are checked too."""
+    cfg, run, _ = finished_run
+    out = _copy(run, tmp_path)
+    _forge(out, edit)
+    code, err = _main(capsys, "train", SMOKE, *TINY, "--out", out)
+    assert code == 2 and "Traceback" not in err and expect in err, err
+    assert "state.safetensors" in err
+
+
+def test_kill_between_the_renames_resumes_from_the_complete_new_file(finished_run, tmp_path):
+    cfg, run, summary = finished_run
+    out = _copy(run, tmp_path)
+    ckpt = out / "ckpt"
+    os.replace(ckpt / "state.safetensors", ckpt / "state.safetensors.new")  # latest written, not yet renamed
+    (ckpt / "state.prev.safetensors").write_bytes(b"junk")  # and the previous one unusable
+    resumed, warned = _resume(cfg, out)
+    assert any("state.safetensors.new" in w for w in warned), warned
+    assert _same(resumed, summary)
+
+
+def test_a_damaged_latest_is_kept_aside_and_never_rotated_over_the_good_previous(finished_run, tmp_path):
+    cfg, run, _ = finished_run
+    out = _copy(run, tmp_path)
+    ckpt = out / "ckpt"
+    (ckpt / "state.safetensors").write_bytes(b"damaged once")
+    found = checkpoint.load_latest(ckpt / "state.safetensors")
+    assert found is not None and found[1] == ckpt / "state.prev.safetensors"
+    assert (ckpt / "state.safetensors.damaged").read_bytes() == b"damaged once"
+    assert not (ckpt / "state.safetensors").exists()  # so the next save does not rotate it into .prev
+    (ckpt / "state.safetensors").write_bytes(b"damaged twice")
+    with pytest.warns(UserWarning):
+        checkpoint.load_latest(ckpt / "state.safetensors")
+    assert (ckpt / "state.safetensors.damaged.1").read_bytes() == b"damaged twice"  # the first kept too
+
+
+def test_restored_run_files_keep_ordinary_permissions(finished_run, tmp_path):
+    cfg, run, _ = finished_run
+    out = _copy(run, tmp_path)
+    metrics = out / "metrics.jsonl"
+    metrics.write_text("")
+    _resume(cfg, out)
+    umask = os.umask(0)
+    os.umask(umask)
+    for path in (metrics, out / "summary.json", out / "ckpt" / "state.safetensors"):
+        assert path.stat().st_mode & 0o777 == 0o666 & ~umask, path
+
+
+def test_settings_that_do_nothing_warn():
+    with pytest.warns(UserWarning, match="protects nothing"):
+        load_config(RunConfig, SMOKE, ["protocol.kind=single", "protocol.phases=[gen]", "safety.enabled=true"])
+    with pytest.warns(UserWarning, match="replays nothing"):
+        load_config(RunConfig, SMOKE, ["protocol.kind=single", "protocol.phases=[gen]", "method.name=replay"])
+
+
+def test_ckpt_that_is_a_file_is_named_before_anything_runs(tmp_path, capsys):
+    (tmp_path / "r").mkdir()
+    (tmp_path / "r" / "ckpt").write_text("x")
+    code, err = _main(capsys, "train", SMOKE, *TINY, "--out", tmp_path / "r")
+    assert code == 2 and "ckpt" in err and "is a file" in err

@@ -11,6 +11,8 @@ fp32 on CPU. QLoRA: a 4-bit base through bitsandbytes when `quantize_4bit=True` 
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import json
 import os
 import re
 import warnings
@@ -99,6 +101,9 @@ def resolve_model_path(name_or_path: str) -> str:
         return str(path)
     if name_or_path.startswith((".", "~", os.sep)) or not _HUB_ID.fullmatch(name_or_path):
         raise ModelLoadError(f"model directory {name_or_path!r} does not exist (resolved to {path.resolve()})")
+    # `org/name` that is not a folder here: a hub id (it could also be a mistyped relative path, so say so)
+    warnings.warn(f"model {name_or_path!r}: no such local directory (in {Path.cwd()}); trying it as a Hugging Face "
+                  f"hub id", stacklevel=2)
     return name_or_path
 
 
@@ -161,6 +166,22 @@ class Policy:
         with torch.no_grad():
             for n, p in params.items():
                 p.copy_(state[n].to(p.device, p.dtype))
+
+    def base_fingerprint(self) -> str:
+        """sha256 of the base model's config, its frozen parameters' names and shapes, and the first
+        values of each: a checkpoint taken with another model (same name, other weights) is told apart
+        without hashing every weight."""
+        if getattr(self, "_fingerprint", None) is None:
+            # where the files lie and which transformers wrote them is not the model's identity
+            conf = {k: v for k, v in self.model.config.to_dict().items()
+                    if k not in ("_name_or_path", "transformers_version", "torch_dtype", "dtype")}
+            h = hashlib.sha256(json.dumps(conf, sort_keys=True, default=str).encode())
+            for n, p in self.model.named_parameters():
+                if not p.requires_grad:  # values rounded to bf16: the same model loaded in fp32 or bf16 agrees
+                    h.update(f"{n}:{tuple(p.shape)}".encode())
+                    h.update(p.detach().reshape(-1)[:16].to(torch.bfloat16).float().cpu().numpy().tobytes())
+            self._fingerprint = h.hexdigest()
+        return self._fingerprint
 
     @contextlib.contextmanager
     def reference(self):
@@ -236,7 +257,11 @@ def load_policy(config: ModelConfig) -> Policy:
     model.config.use_cache = True
     lora = LoraConfig(r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
                       target_modules=_target_modules(config.target_modules), task_type="CAUSAL_LM")
-    model = get_peft_model(model, lora)
+    try:
+        model = get_peft_model(model, lora)
+    except ValueError as e:  # e.g. target modules that the model does not have
+        raise ModelLoadError(f"model.target_modules={config.target_modules!r} does not fit {path!r}: "
+                             f"{str(e).splitlines()[0][:300]}") from None
     for n, p in model.named_parameters():  # LoRA weights in fp32 for stable updates
         if p.requires_grad:
             p.data = p.data.float()

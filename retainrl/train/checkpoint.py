@@ -35,7 +35,7 @@ from safetensors.torch import save as st_save
 
 from retainrl.data.task import Task
 from retainrl.policy.rollout import Rollout
-from retainrl.train.runio import RunError, atomic_write_bytes
+from retainrl.train.runio import RunError, atomic_write_bytes, keep_aside
 
 FORMAT = "retainrl-ckpt-1"
 # Plain-data dataclasses a checkpoint may hold, by name. Only these are ever constructed on load.
@@ -205,26 +205,35 @@ def save_rotating(state: dict, path: Path) -> None:
         raise RunError(f"cannot write checkpoint {path}: {e.strerror or e}") from None
 
 
-def load_latest(path: Path, required: tuple[str, ...] = ()) -> dict | None:
-    """The latest intact state: `path`, else its previous copy (with a warning); None when neither
-    exists (a new run); CheckpointError when what exists is damaged."""
+def load_latest(path: Path, required: tuple[str, ...] = ()) -> tuple[dict, Path] | None:
+    """(state, file) of the latest intact checkpoint; None when there is none (a new run).
+
+    Tried in order: `path`; `path.new` (complete on disk when a kill came between the two renames
+    of save_rotating); the previous copy. Falling back warns, and moves a damaged latest aside
+    (`<name>.damaged`, kept, never deleted) so that the next save does not rotate it over the good
+    previous one. CheckpointError, naming every file tried, when none is usable."""
     path = Path(path)
-    prev = previous_path(path)
-    if not path.exists() and not prev.exists():
+    candidates = [path, path.with_name(path.name + ".new"), previous_path(path)]
+    if not any(c.exists() for c in candidates):
         return None
-    try:
-        if path.exists():
-            return load(path, required)
-        problem = f"{path} is missing"
-    except CheckpointError as e:
-        problem = str(e)
-    if not prev.exists():
-        raise CheckpointError(f"{problem}; no previous checkpoint to fall back to. Move the run folder's ckpt/ "
-                              f"aside to start over")
-    try:
-        state = load(prev, required)
-    except CheckpointError as e:
-        raise CheckpointError(f"{problem}; the previous checkpoint is unusable too: {e}") from None
-    warnings.warn(f"{problem}; resuming from the previous checkpoint {prev} (step {state.get('global_step')})",
-                  stacklevel=2)
-    return state
+    problems = []
+    for c in candidates:
+        if not c.exists():
+            if c is path:
+                problems.append(f"{path} is missing")
+            continue
+        try:
+            state = load(c, required)
+        except CheckpointError as e:
+            problems.append(str(e))
+            continue
+        if c is not path:
+            if path.exists():
+                aside = keep_aside(path)
+                problems[0] += f" (kept as {aside})"
+            which = "the previous checkpoint" if c == candidates[2] else "the complete new checkpoint"
+            warnings.warn(f"{'; '.join(problems)}; resuming from {which} {c} (step {state.get('global_step')})",
+                          stacklevel=2)
+        return state, c
+    raise CheckpointError("; ".join(problems) + ". No usable checkpoint: move the run folder's ckpt/ aside to start "
+                          "over")

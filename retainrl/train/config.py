@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import difflib
 import math
+import re
+import warnings
 from dataclasses import dataclass
 from typing import Literal
 
@@ -49,10 +51,10 @@ class RLConfig:
                                             "denominator and compute (DAPO's dynamic-sampling filter, without "
                                             "resampling). Not applied for PPO or when kl_coef/entropy_coef > 0.")
     scale_by_std: bool = option(True, "GRPO: divide group-centred rewards by the group std (False: Dr. GRPO).")
-    gamma: float = option(1.0, "PPO discount.")
-    lam: float = option(0.95, "PPO GAE lambda.")
-    vf_coef: float = option(0.5, "PPO value-loss coefficient.")
-    value_clip: float = option(0.2, "PPO value clip range.")
+    gamma: float = option(1.0, "PPO discount.", check=lambda v: 0 <= v <= 1, must="be in [0, 1]")
+    lam: float = option(0.95, "PPO GAE lambda.", check=lambda v: 0 <= v <= 1, must="be in [0, 1]")
+    vf_coef: float = option(0.5, "PPO value-loss coefficient.", check=lambda v: v >= 0, must="be >= 0")
+    value_clip: float = option(0.2, "PPO value clip range.", check=lambda v: v > 0, must="be > 0")
 
 
 @dataclass
@@ -62,7 +64,8 @@ class ProtocolConfig:
     phases: list[str | list[str]] = option(["gen"], "Skill (or list of skills) trained per phase, in order.",
                                            check=lambda v: len(v) >= 1 and all(p for p in v),
                                            must="name at least one phase, each a skill or a non-empty list of skills")
-    steps_per_phase: int = option(20, "Training steps per phase.", check=lambda v: v >= 0, must="be >= 0")
+    steps_per_phase: int = option(20, "Training steps per phase.", check=lambda v: v >= 1,
+                                  must="be >= 1 (to evaluate without training, use `retainrl eval`)")
     mixed_weights: dict[str, float] = option({}, "mixed: sampling weight per skill (missing skills weigh 1).",
                                              check=lambda v: all(math.isfinite(w) and w >= 0 for w in v.values()),
                                              must="hold finite weights >= 0")
@@ -70,7 +73,8 @@ class ProtocolConfig:
 
 @dataclass
 class WorldDataConfig:
-    seed: int = option(0, "Seed of the built-in code world (task draw).")
+    seed: int = option(0, "Seed of the built-in code world (task draw).", check=lambda v: 0 <= v < 2**63,
+                       must="be in [0, 2**63)")
     n_train: int = option(400, "Training tasks per skill.", check=lambda v: v >= 1, must="be >= 1")
     n_heldout: int = option(100, "Held-out evaluation tasks per skill.", check=lambda v: v >= 1, must="be >= 1")
     difficulty: int = option(2, "World difficulty 1..4.", check=lambda v: 1 <= v <= 4, must="be in 1..4")
@@ -95,9 +99,11 @@ class MethodConfig:
                                                             "algorithm (KL/entropy are rl.kl_coef/rl.entropy_coef).")
     replay_fraction: float = option(0.25, "replay: fraction of each batch's prompts drawn from earlier phases' skills.",
                                     check=lambda v: 0 <= v < 1, must="be in [0, 1)")
-    ewc_lambda: float = option(100.0, "ewc: weight of the diagonal-Fisher penalty.")
-    ewc_prompts: int = option(16, "ewc: prompts per earlier skill used to estimate the Fisher.")
-    l2sp_lambda: float = option(1.0, "l2sp: weight of ||theta - theta_phase_start||^2.")
+    ewc_lambda: float = option(100.0, "ewc: weight of the diagonal-Fisher penalty.", check=lambda v: v >= 0, must="be >= 0")
+    ewc_prompts: int = option(16, "ewc: prompts per earlier skill used to estimate the Fisher.",
+                              check=lambda v: v >= 1, must="be >= 1")
+    l2sp_lambda: float = option(1.0, "l2sp: weight of ||theta - theta_phase_start||^2.", check=lambda v: v >= 0,
+                                must="be >= 0")
 
 
 @dataclass
@@ -155,8 +161,12 @@ class SafetyConfig:
 
 @dataclass
 class RunConfig:
-    name: str = option("run", "Run name (not part of the config hash).", hash=False)
-    seed: int = option(0, "Seed of sampling, initialisation and task order.")
+    name: str = option("run", "Run name (not part of the config hash); without --out the run goes to runs/<name>, so "
+                              "it is one plain folder name.", hash=False,
+                       check=lambda v: re.fullmatch(r"[\w.+-]+", v) is not None and v not in (".", ".."),
+                       must="be a plain folder name (letters, digits, . _ + -; no / or ..)")
+    seed: int = option(0, "Seed of sampling, initialisation and task order.", check=lambda v: 0 <= v < 2**63,
+                       must="be in [0, 2**63)")
     model: ModelConfig = option(ModelConfig(), "The policy model and its LoRA adapter.")
     sampling: SamplingConfig = option(SamplingConfig(), "Rollout sampling.")
     rl: RLConfig = option(RLConfig(), "The RL algorithm.")
@@ -219,9 +229,23 @@ class RunConfig:
                                       f"{_did_you_mean(s, allowed)} (skills: {', '.join(allowed)})", f"{name}.{s}")
         if p.mixed_weights:
             for phase in self.phase_skills():
-                if len(phase) > 1 and sum(p.mixed_weights.get(s, 1.0) for s in phase) <= 0:
+                total = sum(p.mixed_weights.get(s, 1.0) for s in phase)
+                if not math.isfinite(total):
+                    raise ConfigError(f"protocol.mixed_weights: the weights of phase {phase} sum to {total}; they "
+                                      f"must have a finite sum", "protocol.mixed_weights")
+                if any(p.mixed_weights.get(s, 1.0) == 0 for s in phase) and len(phase) == 1:
+                    raise ConfigError(f"protocol.mixed_weights.{phase[0]}: weight 0 for the only skill of a phase "
+                                      f"(it is trained all the same); drop the phase instead", "protocol.mixed_weights")
+                if len(phase) > 1 and total <= 0:
                     raise ConfigError(f"protocol.mixed_weights: the weights of phase {phase} sum to 0; at least one "
                                       f"must be > 0", "protocol.mixed_weights")
+        # settings that are legal but do nothing here: say so instead of training as if they worked
+        first_only = len(self.phase_skills()) == 1
+        if self.safety.enabled and self.safety.protect == "earlier" and first_only:
+            warnings.warn("safety.enabled with one phase and safety.protect=earlier protects nothing (no earlier "
+                          "phase); use safety.protect=others to protect the skills not trained", stacklevel=2)
+        if self.method.name == "replay" and first_only:
+            warnings.warn("method.name=replay with one phase replays nothing (no earlier phase)", stacklevel=2)
         bad_k = [k for k in self.eval.pass_k if k > 1 and k > self.eval.n_samples]
         if bad_k:
             raise ConfigError(f"eval.pass_k: pass@{bad_k[0]} needs eval.n_samples >= {bad_k[0]}, got "

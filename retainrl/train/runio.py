@@ -67,9 +67,7 @@ class MetricsLog:
             raise _os_error("read", self.path, e) from None
         if not have.startswith(want.encode()):
             # Lines the checkpoint knows are missing or changed: keep the file aside, restore them.
-            backup = self.path.with_name(self.path.name + ".damaged")
-            if have:
-                atomic_write_bytes(backup, have)
+            backup = keep_aside(self.path, copy=True) if have else None
             warnings.warn(f"{self.path} does not hold the {len(self.lines)} lines recorded in the checkpoint "
                           f"(truncated or edited); restored them from the checkpoint"
                           + (f", the old file kept as {backup}" if have else ""), stacklevel=2)
@@ -112,6 +110,33 @@ def read_jsonl(path: Path) -> list[dict]:
     return out
 
 
+def keep_aside(path: Path, copy: bool = False) -> Path:
+    """Move (or copy) `path` to the first free `<name>.damaged`, `<name>.damaged.1`, ...: damaged
+    files are kept, never overwritten or deleted. Returns the new name."""
+    path = Path(path)
+    aside, i = path.with_name(path.name + ".damaged"), 0
+    while aside.exists():
+        i += 1
+        aside = path.with_name(f"{path.name}.damaged.{i}")
+    try:
+        if copy:
+            atomic_write_bytes(aside, path.read_bytes())
+        else:
+            os.replace(path, aside)
+    except OSError as e:
+        raise _os_error("keep a copy of", path, e) from None
+    return aside
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+_FILE_MODE = 0o666 & ~_umask()  # what open() would give; mkstemp's own 0600 would hide run files from others
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write `data` to a temp file beside `path`, fsync, rename over `path`: a kill or a full disk
     during the write leaves the previous file intact. OSError -> RunError naming `path`."""
@@ -124,6 +149,7 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
             fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())
+        os.chmod(tmp, _FILE_MODE)
         os.replace(tmp, path)
         tmp = None
     except OSError as e:

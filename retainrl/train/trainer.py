@@ -24,7 +24,7 @@ import numpy as np
 import torch
 import warnings
 
-from retainrl.config import dump_yaml, to_dict, validate
+from retainrl.config import ConfigError, dump_yaml, to_dict, validate
 from retainrl.data.sources import load_sources
 from retainrl.data.world import SKILLS, VERSION_SKILLS, WorldConfig, make_world
 from retainrl.evaluate import evaluate
@@ -70,7 +70,7 @@ def build_tasks(cfg: RunConfig) -> tuple[dict[str, list], dict[str, list]]:
 
 # What a training state must hold (checked on load, before anything is restored).
 STATE_KEYS = ("adapter", "optimizer", "method", "sampler", "safety", "rng", "global_step", "phase", "phase_step",
-              "R", "curves", "counters", "metrics", "config")
+              "R", "curves", "counters", "metrics", "model_fingerprint", "config")
 
 
 def _config_diff(a: dict, b: dict, prefix: str = "") -> list[str]:
@@ -90,6 +90,9 @@ class Trainer:
         validate(cfg)  # every field's range and the cross-field rules, before anything heavy loads
         self.cfg, self.out = cfg, Path(out_dir)
         self.phases = cfg.phase_skills()
+        for path in (self.out, self.out / "ckpt"):
+            if path.exists() and not path.is_dir():
+                raise RunError(f"cannot use {path} for the run: it is a file, not a folder")
         self.resume_state = self._read_checkpoint()
         try:
             self.out.mkdir(parents=True, exist_ok=True)
@@ -100,9 +103,10 @@ class Trainer:
             raise ValueError(f"rl.prompts_per_step={cfg.rl.prompts_per_step} must be a multiple of the "
                              f"{self.dist.world} data-parallel ranks")
         _seed_all(cfg.seed)
+        # the data first: a bad source or a skill without tasks is reported before the model loads
+        self.train_tasks, self.heldout = build_tasks(cfg)
         # PPO needs the value head whatever the model section says
         self.policy = load_policy(dataclasses.replace(cfg.model, value_head=cfg.model.value_head or cfg.rl.algo == "ppo"))
-        self.train_tasks, self.heldout = build_tasks(cfg)
         # every skill with held-out tasks is evaluated, trained or not; trained skills first
         self.skills = cfg.all_skills() + [s for s in self.heldout if s not in cfg.all_skills()]
         for s in cfg.all_skills():
@@ -112,6 +116,11 @@ class Trainer:
             if not self.heldout.get(s):
                 raise ValueError(f"protocol trains skill {s!r} but no data source gives it held-out tasks to "
                                  f"evaluate on (raise data.heldout_fraction or add a split=heldout source)")
+        unknown = sorted(set(cfg.safety.eps_per_skill) - set(self.train_tasks) - set(self.heldout))
+        if unknown:  # checked in the config already when the skills were known before loading
+            raise ConfigError(f"safety.eps_per_skill.{unknown[0]}: no loaded task has skill {unknown[0]!r} (skills: "
+                              f"{', '.join(sorted(set(self.train_tasks) | set(self.heldout)))})",
+                              f"safety.eps_per_skill.{unknown[0]}")
         self.sampler = TaskSampler(self.train_tasks, cfg.seed)
         params = self.policy.trainable_parameters()
         distributed.broadcast_parameters(params)
@@ -141,12 +150,18 @@ class Trainer:
     def _read_checkpoint(self) -> dict | None:
         """The run folder's latest intact state (None: a new run), checked against this config."""
         ckpt = self.out / "ckpt"
-        st = checkpoint.load_latest(ckpt / "state.safetensors", required=STATE_KEYS)
-        if st is None and (ckpt / "state.pt").exists():
-            raise checkpoint.CheckpointError(
-                f"{ckpt / 'state.pt'} is a checkpoint in the old pickle format, which retainrl no longer loads "
-                f"(unpickling a run folder can run arbitrary code); use a new --out")
-        if st is not None and st["config"] != to_dict(self.cfg):
+        found = checkpoint.load_latest(ckpt / "state.safetensors", required=STATE_KEYS)
+        if found is None:
+            if (ckpt / "state.pt").exists():
+                raise checkpoint.CheckpointError(
+                    f"{ckpt / 'state.pt'} is a checkpoint in the old pickle format, which retainrl no longer loads "
+                    f"(unpickling a run folder can run arbitrary code); use a new --out")
+            return None
+        st, self.resume_file = found
+        if not isinstance(st["config"], dict):
+            raise checkpoint.CheckpointError(f"checkpoint {self.resume_file}: 'config' is a {type(st['config']).__name__}, "
+                                             f"not a config")
+        if st["config"] != to_dict(self.cfg):
             keys = _config_diff(st["config"], to_dict(self.cfg))
             raise RunError(f"{self.out} holds a run with a different config (differs in: "
                            f"{', '.join(keys[:6])}{' ...' if len(keys) > 6 else ''}); use a new --out, or the "
@@ -163,7 +178,83 @@ class Trainer:
                 "R": self.R, "curves": self.curves, "R_sampled": self.R_sampled,
                 "curves_sampled": self.curves_sampled, "counters": self.counters,
                 "metrics": torch.frombuffer(bytearray(metrics), dtype=torch.uint8),
-                "config": to_dict(self.cfg)}
+                "model_fingerprint": self.policy.base_fingerprint(), "config": to_dict(self.cfg)}
+
+    def _check_state(self, st: dict) -> None:
+        """Refuse a checkpoint whose contents do not fit this run (CheckpointError naming the file
+        and the key) before anything is restored: a checksum only proves the file is as written,
+        not that it was written by this run's model and code."""
+        def bad(key: str, why: str) -> checkpoint.CheckpointError:
+            return checkpoint.CheckpointError(f"checkpoint {self.resume_file}: {key!r} {why}")
+
+        if st.get("model_fingerprint") != self.policy.base_fingerprint():
+            raise bad("model_fingerprint", "differs from the loaded base model's: the checkpoint was taken with "
+                                           "another model (same name, other weights or shapes)")
+        live = self.policy.named_trainable()
+        adapter = st["adapter"]
+        if not isinstance(adapter, dict) or set(adapter) != set(live):
+            extra = sorted(set(adapter) - set(live))[:2] if isinstance(adapter, dict) else []
+            raise bad("adapter", f"does not hold this model's LoRA parameters (missing "
+                                 f"{sorted(set(live) - set(adapter or {}))[:2]}, extra {extra})")
+        for name, p in live.items():
+            t = adapter[name]
+            if not isinstance(t, torch.Tensor) or t.shape != p.shape or not t.is_floating_point():
+                raise bad(f"adapter.{name}", f"is {getattr(t, 'shape', type(t).__name__)}, expected a float tensor "
+                                             f"of shape {tuple(p.shape)}")
+            if not torch.isfinite(t).all():
+                raise bad(f"adapter.{name}", "holds NaN or inf")
+        params = self.policy.trainable_parameters()
+        opt = st["optimizer"]
+        if not isinstance(opt, dict) or not isinstance(opt.get("state"), dict):
+            raise bad("optimizer", "is not an optimizer state")
+        for idx, entry in opt["state"].items():
+            if not isinstance(idx, int) or not 0 <= idx < len(params) or not isinstance(entry, dict):
+                raise bad("optimizer.state", f"has an entry {idx!r} for no parameter of this run")
+            for k, v in entry.items():
+                if isinstance(v, torch.Tensor) and v.dim() > 0 and v.shape != params[idx].shape:
+                    raise bad(f"optimizer.state.{idx}.{k}", f"has shape {tuple(v.shape)}, its parameter "
+                                                            f"{tuple(params[idx].shape)}")
+        ints = {"global_step": None, "phase": len(self.phases), "phase_step": self.cfg.protocol.steps_per_phase}
+        for key, hi in ints.items():
+            v = st[key]
+            if type(v) is not int or v < 0 or (hi is not None and v > hi):
+                raise bad(key, f"is {v!r}, expected an int in [0, {hi if hi is not None else 'inf'}]")
+        n = len(self.skills)
+        for key in ("R", "R_sampled"):
+            rows = st.get(key, [])
+            if not isinstance(rows, list) or len(rows) > len(self.phases) + 1 or any(
+                    not isinstance(r, list) or len(r) != n or not all(isinstance(x, (int, float)) for x in r)
+                    for r in rows):
+                raise bad(key, f"is not a list of at most {len(self.phases) + 1} rows of {n} numbers")
+        for key in ("curves", "curves_sampled", "counters"):
+            v = st.get(key, {})
+            if not isinstance(v, dict):
+                raise bad(key, f"is a {type(v).__name__}, expected a mapping")
+        if not isinstance(st["metrics"], torch.Tensor) or st["metrics"].dtype != torch.uint8:
+            raise bad("metrics", "is not the compressed metrics lines")
+
+    def _metrics_lines(self, st: dict) -> list[str]:
+        """The metrics lines a checkpoint carries (decompressed with a size cap: a forged file must
+        not exhaust memory)."""
+        z = zlib.decompressobj()
+        try:
+            text = z.decompress(st["metrics"].numpy().tobytes(), 1 << 30)
+            if z.unconsumed_tail or not z.eof:
+                raise ValueError("over 1 GiB or truncated")
+            return text.decode("utf-8").splitlines(keepends=True)
+        except (zlib.error, ValueError) as e:
+            raise checkpoint.CheckpointError(f"checkpoint {self.resume_file}: 'metrics' does not decompress ({e})") from None
+
+    def _restore(self, st: dict) -> list[str]:
+        """Check, then restore a checkpoint; returns its metrics lines."""
+        self._check_state(st)
+        lines = self._metrics_lines(st)
+        try:
+            self.load_state(st)
+        except (TypeError, ValueError, KeyError, IndexError, AttributeError, RuntimeError) as e:
+            raise checkpoint.CheckpointError(f"checkpoint {self.resume_file}: does not fit this run "
+                                             f"({type(e).__name__}: {str(e)[:200]})") from None
+        return lines
 
     def load_state(self, st: dict) -> None:
         self.policy.load_adapter_state(st["adapter"])
@@ -201,8 +292,7 @@ class Trainer:
         ckpt, self.resume_state = self.resume_state, None
         lines: list[str] = []
         if ckpt is not None:
-            self.load_state(ckpt)
-            lines = zlib.decompress(ckpt["metrics"].numpy().tobytes()).decode("utf-8").splitlines(keepends=True)
+            lines = self._restore(ckpt)
             if self.dist.main:
                 self._check_phase_adapters()
         main = self.dist.main  # under torchrun only rank 0 writes files
