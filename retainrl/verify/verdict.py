@@ -37,8 +37,10 @@ class Verdict:
              or one top-level test statement that raised).
     details: short human-readable reason (first failing assert, exception type, ...).
     stdout:  the program's captured output, truncated.
-    cpu_s:   CPU seconds the child used (user + system), for verifier cost accounting.
-    wall_s:  wall-clock seconds from fork to verdict.
+    cpu_s:   CPU seconds of the job (user + system): the program process (read when the job
+             ends, so not its teardown or forked children) plus the trusted side's test run,
+             for verifier cost accounting.
+    wall_s:  wall-clock seconds from the job's arrival at the worker to its verdict.
     """
 
     passed: bool
