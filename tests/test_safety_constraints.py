@@ -231,3 +231,32 @@ def test_tiny_run_logs_diagnostics_and_holds_to_first_order(tmp_path, constraint
         # first order: no row is violated by the applied step (eps = 0 or the phase budget)
         assert r.get("safety/max_violation_after", 0.0) <= 1e-6 * (1 + abs(r.get("safety/budget/gen", 0.0)))
     assert any(r.get("safety/num_rows", 0) > 0 for r in train), "no constraint row in the whole run"
+
+
+def test_answer_memories_and_phase_anchor_survive_a_checkpoint(policy_and_answers):
+    from retainrl.train import checkpoint
+
+    _, answers = policy_and_answers
+    tasks = {"gen": list(range(20))}
+    cfg = SafetyConfig(enabled=True, constraint="prompt_ll", budget="phase", eps_mode="absolute",
+                       memory_prompts=3, heldout_prompts=1)
+    layer = SafetyLayer(cfg, tasks, None, seed=0)
+    mem = layer.answer_memory("gen")
+    mem.answers = [answers[0], None, answers[2], answers[1]]
+    mem.refreshed_at, mem.cursor, mem.pass_rate = 4, 1, 0.5
+    p = torch.nn.Parameter(torch.arange(3.0))
+    layer.mark_phase(["gen"], [p])
+    again = SafetyLayer(cfg, tasks, None, seed=0)
+    again.load_state(checkpoint.loads(checkpoint.dumps({"safety": layer.state()}))["safety"])
+    back = again.answer_memories["gen"]
+    assert back.tasks == mem.tasks and back.heldout == mem.heldout and back.answers[1] is None
+    for a, b in zip(mem.answers, back.answers):
+        if a is not None:
+            assert torch.equal(a.completion_ids, b.completion_ids) and a.task_index == b.task_index
+    assert (back.refreshed_at, back.cursor, back.pass_rate) == (4, 1, 0.5)
+    assert torch.equal(again.anchor, layer.anchor) and again.anchor_for == ("gen",)
+    # an older checkpoint without the new keys restores the rest and leaves the anchor unset
+    old = {k: v for k, v in layer.state().items() if k not in ("answer_memories", "anchor", "anchor_for")}
+    fresh = SafetyLayer(cfg, tasks, None, seed=0)
+    fresh.load_state(old)
+    assert fresh.anchor is None and fresh.answer_memories == {}
