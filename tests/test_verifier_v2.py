@@ -642,3 +642,20 @@ def test_trusted_prelude_keeps_helpers_and_drops_the_entry_point():
     assert trusted_prelude("def add(a, b):\n", "add") == ""                    # an open signature only
     assert "X = 3" in trusted_prelude("X = 3\n\ndef add(a, b):\n", "add")      # cut before the open def
     assert trusted_prelude("", "f") == ""
+
+
+def test_tests_that_print_or_read_stdin_do_not_disturb_the_worker(sandbox):
+    prog = "def f(x):\n    return x + 1\n"
+    tests = "print('from the tests', f(1))\ntry:\n    input()\nexcept EOFError:\n    pass\nassert f(1) == 2\n"
+    verdicts = sandbox.run_tests_many([(prog, tests)] * 4 + [(prog, "assert f(2) == 3\n")], timeout_s=5.0)
+    assert all(v.passed for v in verdicts), verdicts
+    assert sandbox.stats["worker_restarts"] == 0
+
+
+def test_asserts_in_a_called_back_test_function_are_not_units(sandbox):
+    # the program calls the tests' checker 50 times: no inflated score, and a failing
+    # assert inside it is the program's exception, not a unit either
+    prog = "def run(check):\n    for _ in range(50):\n        check(1)\n    return 0\n"
+    tests = "def check(v):\n    assert v == 1\nassert run(check) == 1\n"
+    v = sandbox.run_tests(prog, tests)
+    assert not v.passed and (v.units_passed, v.units_total) == (0, 1), v

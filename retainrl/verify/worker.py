@@ -336,9 +336,15 @@ def main() -> None:
             os.sched_setaffinity(0, {int(sys.argv[2])})
         except (OSError, ValueError):
             pass
+    # The protocol with the Sandbox moves to private fds; fds 0-2 (and so sys.std*) become
+    # /dev/null, so a test that prints or calls input() cannot touch the protocol.
+    stdin, stdout = os.dup(0), os.dup(1)
+    devnull = os.open(os.devnull, os.O_RDWR)
+    for fd in (0, 1, 2):
+        os.dup2(devnull, fd)
+    os.close(devnull)
     worker = Worker(uid)
     worker.setup()
-    stdin, stdout = sys.stdin.fileno(), sys.stdout.fileno()
     write_message(stdout, {"ready": True, "pid": os.getpid(), "uid": worker.isolation.get("uid"),
                            "isolation": worker.isolation,
                            "network_isolated": "namespaces" in worker.isolation.get("layers", {})})
