@@ -8,9 +8,9 @@ protected skills vs a plain GRPOTrainer step, side by side on the bundled model 
 Both sides: the bundled model + LoRA r 8 (all linear layers), the third phase of the demo
 (training `reason` from its train tasks), 8 prompts x 8 samples, 64 new tokens, temperature 1,
 GRPO token-mean loss, AdamW lr 1e-3, grad clip 1, no KL, seed 0, torch threads --threads.
-The skill-safe side protects gen and repair with the demo's memory settings (16 prompts x 4
-samples per skill, 8 prompts per estimate, refresh every --refresh_every steps, realised-change
-measurement on). The sides alternate in one process (plain, safe, plain, safe, ...; one
+The skill-safe side protects gen and repair with the demo's memory settings by default
+(--memory_prompts 16 x 4 samples per skill, --batch_prompts 8 per estimate, refresh every
+--refresh_every steps, realised-change measurement on unless --no_realised). The sides alternate in one process (plain, safe, plain, safe, ...; one
 Sandbox(workers=2) shared), each round a fresh trainer: a warm-up step, then --steps timed
 optimizer steps, each timed from on_step_begin to on_step_end (generation, rewards, loss,
 backward, optimizer, callbacks). With --steps a multiple of --refresh_every the timed steps
@@ -44,6 +44,8 @@ def parse_args(argv=None):
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--refresh_every", type=int, default=5)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--memory_prompts", type=int, default=16)
+    ap.add_argument("--batch_prompts", type=int, default=8, help="memory prompts per gradient estimate (x 4 samples)")
     ap.add_argument("--no_realised", action="store_true", help="skip the realised-change forward per skill")
     ap.add_argument("--out", default=str(OUT))
     return ap.parse_args(argv)
@@ -86,8 +88,8 @@ def run_side(side: str, args, world, sandbox, tmp: str) -> dict:
     hook_s: list[float] = []
     if side == "safe":
         cb = attach_skill_safety(trainer, ["gen", "repair"], {s: world[s]["train"] for s in skills}, sandbox, eps=0.0,
-                                 refresh_every=args.refresh_every, memory_prompts=16, memory_samples=4,
-                                 batch_prompts=8, measure_realised=not args.no_realised)
+                                 refresh_every=args.refresh_every, memory_prompts=args.memory_prompts,
+                                 memory_samples=4, batch_prompts=args.batch_prompts, measure_realised=not args.no_realised)
         before, after = cb.hooks.before, cb.hooks.after
 
         def timed_before(params, step):
