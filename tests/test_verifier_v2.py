@@ -232,6 +232,14 @@ PROBE = dedent("""
     attempt('signal_pid1', lambda: os.kill(1, signal.SIGTERM))
     attempt('open_pid1_mem', lambda: open('/proc/1/mem', 'rb').read(1))
     attempt('write_own_job_dir', lambda: open('scratch.txt', 'w').write('ok'))
+    import ctypes
+    libc = ctypes.CDLL(None, use_errno=True)
+    def checked(rc):
+        if rc != 0:
+            raise OSError(ctypes.get_errno(), 'refused')
+    attempt('unshare_user_namespace', lambda: checked(libc.unshare(0x10000000)))
+    attempt('ptrace_attach_pid1', lambda: checked(libc.ptrace(16, 1, None, None)))
+    attempt('fork_still_works', lambda: os.waitpid(os.fork() or os._exit(0), 0))
     out['uid'] = os.getuid()
     out['ppid'] = os.getppid()
     out['pids'] = sorted(int(p) for p in os.listdir('/proc') if p.isdigit())
@@ -269,6 +277,10 @@ def test_class3_paths_identity_and_processes_are_confined(sandbox):
         if "itself visible" in layers["proc"]:
             assert out["pids"] == [out["self"]], out
         assert out["open_pid1_mem"].startswith("refused"), out
+    if "seccomp" in layers:
+        assert out["unshare_user_namespace"].startswith("refused"), out
+        assert out["ptrace_attach_pid1"].startswith("refused"), out
+    assert out["fork_still_works"] == "allowed", out
     if "identity" in layers:
         assert out["uid"] != 0 and out["uid"] == iso["uid"], out
     # whatever the program did to PID 1 (the zygote), the sandbox keeps serving

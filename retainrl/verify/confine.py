@@ -23,8 +23,11 @@ Layers, each applied when this machine permits it and reported in `Isolation.lay
   rlimits     CPU, address space, file size, open files, core, processes (own uid only).
   no_new_privs set in the zygote (inherited).
 
-Not done: seccomp (no clean library here; the syscall surface is the kernel's), cgroups (CPU
-and memory are limited per process, not per job tree).
+  seccomp     (libseccomp, when installed) a deny-list: ptrace, process_vm_*, mount, unshare,
+              setns, namespace flags on clone, bpf, perf, keyrings, io_uring, ... (see
+              SECCOMP_DENY); everything else allowed (not an allow-list).
+
+Not done: cgroups (CPU and memory are limited per process, not per job tree).
 """
 
 from __future__ import annotations
@@ -182,6 +185,77 @@ def landlock_ruleset(abi: int, rules: list[tuple[str, int]], handled_fs: int, *,
     return ruleset
 
 
+# ------------------------------------------------------------------------------ seccomp
+# Syscalls a program never needs and that widen what it can reach: other processes' memory,
+# new namespaces (a user namespace would hand it capabilities), the mount table, kernel
+# modules, BPF/perf, keyrings, io_uring (a second syscall path), handles to files by inode.
+SECCOMP_DENY = (
+    "ptrace", "process_vm_readv", "process_vm_writev", "kexec_load", "kexec_file_load",
+    "init_module", "finit_module", "delete_module", "reboot", "swapon", "swapoff", "acct",
+    "mount", "umount2", "pivot_root", "chroot", "setns", "unshare", "bpf", "perf_event_open",
+    "keyctl", "add_key", "request_key", "userfaultfd", "io_uring_setup", "io_uring_enter",
+    "io_uring_register", "open_by_handle_at", "name_to_handle_at", "syslog", "quotactl",
+    "fanotify_init", "move_mount", "open_tree", "fsopen", "fsmount", "fspick", "mount_setattr",
+)
+CLONE_NS_FLAGS = (CLONE_NEWNS, CLONE_NEWUTS, CLONE_NEWIPC, CLONE_NEWUSER, CLONE_NEWPID, CLONE_NEWNET,
+                  0x02000000)  # CLONE_NEWCGROUP
+SCMP_ACT_ALLOW = 0x7FFF0000
+SCMP_CMP_MASKED_EQ = 7
+
+
+def SCMP_ACT_ERRNO(e: int) -> int:  # noqa: N802 - libseccomp's macro name
+    return 0x00050000 | (e & 0xFFFF)
+
+
+class _ArgCmp(ctypes.Structure):
+    _fields_ = [("arg", ctypes.c_uint), ("op", ctypes.c_int), ("datum_a", ctypes.c_uint64),
+                ("datum_b", ctypes.c_uint64)]
+
+
+def seccomp_deny() -> str:
+    """Load a seccomp filter (through libseccomp) that refuses SECCOMP_DENY with EPERM, clone
+    with any namespace flag with EPERM, and clone3 with ENOSYS (its flags sit in memory a
+    filter cannot read; the C library then falls back to clone). Everything else is allowed."""
+    try:
+        lib = ctypes.CDLL("libseccomp.so.2", use_errno=True)
+    except OSError:
+        raise OSError(errno.ENOENT, "libseccomp is not installed") from None
+    lib.seccomp_init.restype = ctypes.c_void_p
+    lib.seccomp_init.argtypes = [ctypes.c_uint32]
+    lib.seccomp_rule_add_array.argtypes = [ctypes.c_void_p, ctypes.c_uint32, ctypes.c_int, ctypes.c_uint,
+                                           ctypes.POINTER(_ArgCmp)]
+    lib.seccomp_syscall_resolve_name.argtypes = [ctypes.c_char_p]
+    lib.seccomp_load.argtypes = [ctypes.c_void_p]
+    lib.seccomp_release.argtypes = [ctypes.c_void_p]
+    ctx = lib.seccomp_init(SCMP_ACT_ALLOW)
+    if not ctx:
+        raise OSError(errno.ENOMEM, "seccomp_init failed")
+    try:
+        denied = []
+        for name in SECCOMP_DENY:
+            nr = lib.seccomp_syscall_resolve_name(name.encode())
+            if nr < 0:
+                continue  # not on this architecture
+            if lib.seccomp_rule_add_array(ctx, SCMP_ACT_ERRNO(errno.EPERM), nr, 0, None) != 0:
+                raise OSError(errno.EINVAL, f"seccomp rule for {name} refused")
+            denied.append(name)
+        clone = lib.seccomp_syscall_resolve_name(b"clone")
+        for flag in CLONE_NS_FLAGS:
+            cmp = _ArgCmp(0, SCMP_CMP_MASKED_EQ, flag, flag)
+            if lib.seccomp_rule_add_array(ctx, SCMP_ACT_ERRNO(errno.EPERM), clone, 1, ctypes.byref(cmp)) != 0:
+                raise OSError(errno.EINVAL, "seccomp rule for clone refused")
+        clone3 = lib.seccomp_syscall_resolve_name(b"clone3")
+        if clone3 >= 0 and lib.seccomp_rule_add_array(ctx, SCMP_ACT_ERRNO(errno.ENOSYS), clone3, 0, None) != 0:
+            raise OSError(errno.EINVAL, "seccomp rule for clone3 refused")
+        rc = lib.seccomp_load(ctx)
+        if rc != 0:
+            raise OSError(-rc, f"seccomp_load: {os.strerror(-rc)}")
+    finally:
+        lib.seccomp_release(ctx)
+    return (f"libseccomp deny-list: {len(denied)} syscalls (ptrace, process_vm_*, mount, unshare, "
+            "setns, bpf, io_uring, ...) EPERM; clone with namespace flags EPERM; clone3 ENOSYS")
+
+
 # ------------------------------------------------------------------------------ paths
 def python_paths() -> list[str]:
     """Real paths of the Python installation(s) the programs must be able to read."""
@@ -324,7 +398,10 @@ def confine_zygote(base_dir_name: str, uid: int | None, fork_into_pid_ns) -> tup
             iso.missing["landlock"] = str(e)
     else:
         iso.missing["landlock"] = "not supported by this kernel"
-    iso.missing["seccomp"] = "not applied (no seccomp library here)"
+    try:
+        iso.layers["seccomp"] = seccomp_deny()
+    except OSError as e:
+        iso.missing["seccomp"] = str(e)
     try:
         lc.prctl(PR_SET_DUMPABLE, 0)  # no ptrace or /proc/<pid>/mem of the zygote by its programs
     except OSError:
