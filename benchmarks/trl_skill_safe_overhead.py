@@ -10,8 +10,8 @@ Both sides: the bundled model + LoRA r 8 (all linear layers), the third phase of
 GRPO token-mean loss, AdamW lr 1e-3, grad clip 1, no KL, seed 0, torch threads --threads.
 The skill-safe side protects gen and repair with the demo's memory settings by default
 (--memory_prompts 16 x 4 samples per skill, --batch_prompts 8 per estimate, refresh every
---refresh_every steps, realised-change measurement on unless --no_realised). The sides alternate in one process (plain, safe, plain, safe, ...; one
-Sandbox(workers=2) shared), each round a fresh trainer: a warm-up step, then --steps timed
+--refresh_every steps, realised-change measurement on unless --no_realised). The sides
+alternate in one process (plain, safe, plain, safe, ...; one Sandbox(workers=2) shared), each round a fresh trainer: a warm-up step, then --steps timed
 optimizer steps, each timed from on_step_begin to on_step_end (generation, rewards, loss,
 backward, optimizer, callbacks). With --steps a multiple of --refresh_every the timed steps
 hold their share of memory refreshes (refreshes fall on steps 0, r, 2r, ...; step 0 is the
@@ -89,7 +89,8 @@ def run_side(side: str, args, world, sandbox, tmp: str) -> dict:
     if side == "safe":
         cb = attach_skill_safety(trainer, ["gen", "repair"], {s: world[s]["train"] for s in skills}, sandbox, eps=0.0,
                                  refresh_every=args.refresh_every, memory_prompts=args.memory_prompts,
-                                 memory_samples=4, batch_prompts=args.batch_prompts, measure_realised=not args.no_realised)
+                                 memory_samples=4, batch_prompts=args.batch_prompts,
+                                 measure_realised=not args.no_realised)
         before, after = cb.hooks.before, cb.hooks.after
 
         def timed_before(params, step):

@@ -20,7 +20,8 @@ per estimate, refreshed every 5 steps. One trainer per phase on the same LoRA mo
 optimizer restarts each phase). After each phase every skill's greedy held-out pass@1 is
 measured (retainrl.evaluate), which fills the R matrix; forgetting, BWT and the target gains
 come from retainrl.metrics.retention.summarize, as for retainrl's own runs. Results:
-<out>/<method>/summary.json and log_history.json, and a table on stdout.
+<out>/<method>/summary.json, metrics.jsonl (phase-end evaluations) and log_history.json (TRL's
+logs), a table on stdout; `retainrl report <out>` makes the figures and tables from them.
 """
 
 from __future__ import annotations
@@ -100,8 +101,15 @@ def run_method(method: str, args, world, sandbox, out_dir: Path) -> dict:
         logs += [{"phase": skill, **h} for h in trainer.state.log_history]
         print(f"  [{method}] after {skill} ({time.monotonic() - t0:.0f} s): {R[-1]}", flush=True)
     summary = summarize(skills, list(PHASES), [[row[s] for s in skills] for row in R])
-    summary["wall_s"] = time.monotonic() - t0
+    summary.update(method=method, seed=args.seed, algo="grpo", protocol="sequential",
+                   steps=args.steps * len(PHASES), wall_s=time.monotonic() - t0)
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=1))
+    # the phase-end evaluations in retainrl's metrics.jsonl layout, so `retainrl report <out>` reads the runs
+    with open(out_dir / "metrics.jsonl", "w") as f:
+        for phase, row in enumerate(R):
+            for s in skills:
+                f.write(json.dumps({"kind": "eval", "eval_kind": "phase_end", "step": phase * args.steps,
+                                    "skill": s, "pass@1": row[s]}) + "\n")
     (out_dir / "log_history.json").write_text(json.dumps(logs, indent=1, default=str))
     return summary
 

@@ -162,7 +162,8 @@ class Recorder(TrainerCallback):
 
 def make_trainer(model_dir, sandbox, accumulation=1, steps=3, recorder=None, seed=0, ddp=False):
     extra = dict(ddp_backend="gloo") if ddp else {}
-    cfg = GRPOConfig(output_dir=str(model_dir) + f"/run{accumulation}", use_cpu=True, **extra, per_device_train_batch_size=4,
+    cfg = GRPOConfig(output_dir=str(model_dir) + f"/run{accumulation}", use_cpu=True, **extra,
+                     per_device_train_batch_size=4,
                      num_generations=4, gradient_accumulation_steps=accumulation, max_completion_length=8,
                      max_steps=steps, learning_rate=5e-2, lr_scheduler_type="constant", beta=0.0, loss_type="dapo",
                      gradient_checkpointing=False, report_to="none", logging_steps=1, save_strategy="no",

@@ -166,8 +166,8 @@ def attach_skill_safety(trainer, protected: list[str], memory_tasks, sandbox, ep
     verifier of memory refreshes (kept open by the caller for the whole run); eps, eps_mode,
     refresh_every and **safety: SafetyConfig fields (memory_prompts, memory_samples,
     batch_prompts, space, solver, is_clip, measure_realised, trigger, tau, trigger_source,
-    eps_per_skill; eps_mode: default SafetyConfig's, as in retainrl's own runs); sampling: memory rollout sampling (default: the trainer's temperature, top_p
-    and max_completion_length). Seeds come from trainer.args.seed."""
+    eps_per_skill; eps_mode: default SafetyConfig's, as in retainrl's own runs); sampling: memory
+    rollout sampling (default: the trainer's temperature, top_p and max_completion_length). Seeds come from trainer.args.seed."""
     check_supported(trainer)
     if not protected:
         raise ValueError("attach_skill_safety: no protected skills given")
