@@ -1,6 +1,6 @@
 """The `retainrl` command: eval | verify-demo | demo.
 
-    retainrl eval --model bundled --skills gen,repair,reason --limit 100 --json
+    retainrl eval --model bundled --skills gen,repair,reason,refactor --limit 200 --json
     retainrl verify-demo [--data ../shared/data]
 """
 
@@ -223,7 +223,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--skills", default="gen,repair,reason", help="comma-separated; world version 2 adds refactor")
     e.add_argument("--limit", type=int, default=100, help="held-out tasks per skill")
     e.add_argument("--world-seed", type=int, default=0)
-    e.add_argument("--world-version", type=int, default=1, help="built-in world version (1 or 2)")
+    e.add_argument("--world-version", type=int, default=2, help="built-in world version (1 or 2)")
     e.add_argument("--max-new-tokens", type=int, default=96)
     e.add_argument("--workers", type=int, default=2, help="sandbox workers")
     e.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: default)")

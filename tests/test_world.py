@@ -368,3 +368,24 @@ def test_tiny_model_solves_some_heldout_tasks_of_every_skill(tiny, sandbox):
     finally:
         torch.set_num_threads(threads)
     assert all(rates[s]["pass@1"] > 0 for s in SKILLS), rates
+
+
+def test_run_configs_pick_the_world_version_and_build_refactor_when_trained():
+    from pathlib import Path
+
+    from retainrl.config import ConfigError, load_config
+    from retainrl.train.config import RunConfig
+    from retainrl.train.trainer import build_tasks
+
+    smoke = Path(__file__).resolve().parents[1] / "configs" / "smoke.yaml"
+    small = ["world.n_train=3", "world.n_heldout=2"]
+    train, held = build_tasks(load_config(RunConfig, smoke, small + ["world.version=2"]))
+    assert sorted(held) == sorted(SKILLS) and all(t.meta["version"] == 2 for s in held for t in held[s])
+    train, held = build_tasks(load_config(RunConfig, smoke, small + ["world.version=2", "protocol.phases=[gen,refactor]"]))
+    assert sorted(held) == sorted(SKILLS + ("refactor",)) and len(train["refactor"]) == 3
+    v1 = build_tasks(load_config(RunConfig, smoke, small + ["world.version=1"]))[1]
+    assert all("version" not in t.meta for s in v1 for t in v1[s])   # the version-1 world, as before
+    with pytest.raises(ConfigError, match="refactor"):
+        load_config(RunConfig, smoke, small + ["world.version=1", "protocol.phases=[refactor]"])   # not in v1
+    with pytest.raises(ConfigError, match="world.version"):
+        load_config(RunConfig, smoke, ["world.version=3"])

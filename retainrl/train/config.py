@@ -78,8 +78,9 @@ class WorldDataConfig:
     n_train: int = option(400, "Training tasks per skill.", check=lambda v: v >= 1, must="be >= 1")
     n_heldout: int = option(100, "Held-out evaluation tasks per skill.", check=lambda v: v >= 1, must="be >= 1")
     difficulty: int = option(2, "World difficulty 1..4.", check=lambda v: 1 <= v <= 4, must="be in 1..4")
-    version: int = option(1, "World version: 1 the original three skills; 2 the stratified split (same shape shares "
-                             "in train and held-out) and the fourth skill refactor (retainrl.data.world).",
+    version: int = option(2, "World version: 2 the stratified split (same shape shares in train and held-out) with "
+                             "the fourth skill refactor (built when a phase trains it or data.world_skills names "
+                             "it); 1 the original world of runs before 2026-12-01 (retainrl.data.world).",
                           check=lambda v: v in WORLD_VERSIONS, must="be 1 or 2")
 
 
