@@ -148,7 +148,7 @@ HOSTILE = {
     "liar_attribute_eq": (LIAR + "class A:\n    real = None\ndef f(x):\n    a = A()\n    a.real = Liar()\n    return a\n", "assert f(1).real == 2\n"),
     # Not in the list: `assert f(1).count(2) == 1` passed by an object whose count() returns 1.
     # A method call on a program object is program code answering the test (duck typing), as
-    # with a Stack class under test; the harness only guarantees that its *result* is plain.
+    # with a Stack class under test; the judge only guarantees that its *result* is plain data.
     "liar_fstring": ("class A:\n    def __format__(s, spec): return '2'\ndef f(x): return A()\n",
                      "assert f'{f(1)}' == '2'\n"),
     "liar_in_operator": (LIAR + "def f(x): return [Liar()]\n", "assert 2 in f(1)\n"),

@@ -456,7 +456,3 @@ def make_child_confiner(iso: Isolation, base_vm: int, jobdir: str):
         set_limits(limits, own_uid, base_vm)
 
     return confine_child, [] if nested is None else [nested]
-
-
-def errno_name(e: OSError) -> str:
-    return errno.errorcode.get(e.errno or 0, str(e.errno))
