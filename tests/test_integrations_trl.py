@@ -115,7 +115,7 @@ def test_world_dataset_rewards_references_and_wrong_answers(sandbox):
     from retainrl.data.world import VERSION_SKILLS, WorldConfig, make_world, wrong_answer
 
     skills = list(VERSION_SKILLS[2])
-    cfg = WorldConfig(version=2, skills=tuple(skills), n_train=2, n_heldout=1)
+    cfg = WorldConfig(version=2, skills=tuple(skills), n_train=2, n_heldout=1, timeout_s=20.0)  # loaded CI machines
     rows = list(world_dataset(cfg, "train"))
     cols = {k: [r[k] for r in rows] for k in rows[0]}
     tasks = [t for s in skills for t in make_world(cfg)[s]["train"]]  # with their references (not in the rows)
