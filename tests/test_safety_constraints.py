@@ -69,7 +69,7 @@ class LinearAnswers(AnswerMemory):
     def values(self, policy, prompts):
         return (self.A[prompts] @ self.param.detach()).double()
 
-    def values_and_grads(self, policy, params, prompts, batched=True):
+    def values_and_grads(self, policy, params, prompts, method="auto"):
         return self.values(policy, prompts), self.A[prompts].clone()
 
 
@@ -187,9 +187,16 @@ def test_per_prompt_rows_batched_equal_one_at_a_time(policy_and_answers):
 
     policy, answers = policy_and_answers
     params = policy.trainable_parameters()
-    J, G = per_prompt_values_and_grads(policy, params, answers, batched=True)
-    J_loop, G_loop = per_prompt_values_and_grads(policy, params, answers, batched=False)
-    assert torch.allclose(J, J_loop) and torch.allclose(G, G_loop, atol=1e-6)
+    from retainrl.safety.estimates import _linear_modules
+
+    assert _linear_modules(policy.model, params) is not None      # the one-backward hook path is taken
+    marker = [torch.full_like(q, 7.0) for q in params]
+    for q, m in zip(params, marker):
+        q.grad = m
+    J, G = per_prompt_values_and_grads(policy, params, answers)
+    assert all(q.grad is m for q, m in zip(params, marker))       # the caller's .grad is untouched
+    J_loop, G_loop = per_prompt_values_and_grads(policy, params, answers, method="loop")
+    assert torch.allclose(J, J_loop) and torch.allclose(G, G_loop, atol=1e-6, rtol=1e-4)
     for i, a in enumerate(answers):                  # each prompt alone, its own forward and backward
         for q in params:
             q.grad = None

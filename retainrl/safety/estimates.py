@@ -21,9 +21,14 @@ prompt with no passing sample in a refresh keeps its previous answers). Per prom
 It does not saturate: unlike the GRPO surrogate (zero when a group's rewards are all equal)
 its gradient is non-zero at pass rate 1, and between refreshes it is a deterministic function
 of theta (no sampling noise). `per_prompt_values_and_grads` gives J (P,) and the P per-prompt
-gradients (P, d) from one batched forward and one batched backward (autograd's vmap over the
-P unit cotangents, `is_grads_batched`; a loop of P backward passes through the same graph when
-the model has an op without a batching rule).
+gradients (P, d) from one batched forward and ONE backward of sum_p J_p: every row belongs to
+one prompt, so a prompt's gradient is the sum of its rows' gradients, and for a weight W of a
+linear layer (LoRA's A and B are such layers) a row's gradient is sum_t dout_t x_t^T, formed
+from the layer's input x and output gradient dout captured by hooks (the per-example gradient
+identity of Goodfellow 2015 / Opacus, summed per prompt). When a trainable tensor is not a
+hookable linear weight, P backward passes through the same graph instead (measured on the
+bundled model, 12 prompts x 4 answers x 48 tokens, one CPU thread: loop 5.9 s, autograd's
+vmap over the P cotangents 10.2 s, one plain backward 0.9 s).
 """
 
 from __future__ import annotations
@@ -65,25 +70,78 @@ def answer_loglik(policy, answers: list[Rollout]) -> torch.Tensor:
     return J / torch.bincount(owner, minlength=len(answers)).to(J.dtype)
 
 
-def per_prompt_values_and_grads(policy, params, answers: list[Rollout], batched: bool = True):
+def _linear_modules(model, params) -> list | None:
+    """The nn.Linear owning each parameter as its weight (no trainable bias), or None."""
+    if model is None:
+        return None
+    owner = {id(m.weight): m for m in model.modules() if isinstance(m, torch.nn.Linear)}
+    mods = [owner.get(id(p)) for p in params]
+    if any(m is None or (m.bias is not None and m.bias.requires_grad) for m in mods):
+        return None
+    return mods
+
+
+def _per_prompt_by_hooks(policy, params, answers: list[Rollout], mods: list):
+    """J (P,) and per-prompt gradients from one forward and one backward (linear weights only)."""
+    seen: dict[int, list] = {id(m): [] for m in mods}
+    grads_out: dict[int, list] = {id(m): [] for m in mods}
+
+    def fwd(module, inputs, output):
+        seen[id(module)].append(inputs[0].detach())
+        output.register_hook(lambda g, k=id(module): grads_out[k].append(g.detach()))
+
+    handles = [m.register_forward_hook(fwd) for m in {id(m): m for m in mods}.values()]
+    try:
+        J = answer_loglik(policy, answers)
+        if any(len(v) != 1 for v in seen.values()):  # a layer used twice (or never): no row pairing
+            return J, None
+        J.sum().backward(inputs=list(params))
+    finally:
+        for h in handles:
+            h.remove()
+    counts = [a.completion_ids.shape[0] for a in answers]
+    owner = torch.repeat_interleave(torch.arange(len(answers)), torch.tensor(counts))
+    out = []
+    for m in mods:
+        if len(grads_out[id(m)]) != 1:  # no gradient reached this layer: zeros
+            out.append(torch.zeros(len(answers), m.weight.numel(), device=m.weight.device))
+            continue
+        x, dy = seen[id(m)][0], grads_out[id(m)][0]
+        B = x.shape[0]
+        x, dy = x.reshape(B, -1, x.shape[-1]).float(), dy.reshape(B, -1, dy.shape[-1]).float()
+        per_row = torch.einsum("bto,bti->boi", dy, x)                       # (B, out, in): row gradients
+        per_prompt = torch.zeros(len(answers), *per_row.shape[1:], device=per_row.device)
+        per_prompt.index_add_(0, owner.to(per_row.device), per_row)
+        out.append(per_prompt.reshape(len(answers), -1))
+    return J, out
+
+
+def per_prompt_values_and_grads(policy, params, answers: list[Rollout], method: str = "auto"):
     """(J (P,) float64 detached, gradients (P, d) float32 of J_p w.r.t. the flat `params`).
 
-    The flat layout is `parallel.flat_grad`'s (params in order, zeros for unused ones)."""
-    J = answer_loglik(policy, answers)
-    eye = torch.eye(J.shape[0], dtype=J.dtype, device=J.device)
+    method "auto": the one-backward hook path when every parameter is a linear layer's weight
+    (LoRA), else "loop" (P backward passes through one forward's graph). The flat layout is
+    `parallel.flat_grad`'s (params in order); `.grad` of `params` is left as it was."""
+    if method not in ("auto", "loop"):
+        raise ValueError(f"unknown per-prompt gradient method {method!r}; expected 'auto' or 'loop'")
+    mods = _linear_modules(getattr(policy, "model", None), params) if method == "auto" else None
     grads = None
-    if batched:
+    if mods is not None:
+        saved = [p.grad for p in params]
+        for p in params:
+            p.grad = None
         try:
-            grads = torch.autograd.grad(J, params, grad_outputs=eye, is_grads_batched=True, retain_graph=True,
-                                        allow_unused=True, materialize_grads=True)
-        except RuntimeError:  # an op without a vmap batching rule: P plain backward passes instead
-            grads = None
+            J, grads = _per_prompt_by_hooks(policy, params, answers, mods)
+        finally:
+            for p, g in zip(params, saved):
+                p.grad = g
     if grads is None:
+        J = answer_loglik(policy, answers)
         per = [torch.autograd.grad(J[i], params, retain_graph=True, allow_unused=True, materialize_grads=True)
                for i in range(J.shape[0])]
-        grads = [torch.stack([g[k] for g in per]) for k in range(len(params))]
-    flat = torch.cat([g.reshape(J.shape[0], -1).to(torch.float32) for g in grads], 1)
-    return J.detach().double(), flat
+        grads = [torch.stack([g[k] for g in per]).reshape(J.shape[0], -1) for k in range(len(params))]
+    flat = torch.cat([g.to(torch.float32) for g in grads], 1)
+    return J.detach().double().cpu(), flat
 
 
 class AnswerMemory:
@@ -137,8 +195,8 @@ class AnswerMemory:
         with torch.no_grad():
             return answer_loglik(policy, [self.answers[p] for p in prompts]).double().cpu()
 
-    def values_and_grads(self, policy, params, prompts: list[int], batched: bool = True):
-        return per_prompt_values_and_grads(policy, params, [self.answers[p] for p in prompts], batched)
+    def values_and_grads(self, policy, params, prompts: list[int], method: str = "auto"):
+        return per_prompt_values_and_grads(policy, params, [self.answers[p] for p in prompts], method)
 
 
 class SkillMemory:
