@@ -296,3 +296,26 @@ def test_ddp_two_ranks_apply_identical_parameters(tiny, tmp_path):
         assert torch.equal(a0, a1)
         assert float(-(G.double() @ a0.double())) >= -1e-6 * float(G.norm() * a0.norm()) - 1e-12
     assert float(sum(a.norm() for a in r0["applied"])) > 0
+
+
+def test_plain_transformers_trainer_gets_the_metrics_in_log_history(tiny, sandbox, tmp_path):
+    """Without TRL's metric store the callback adds skill_safe/* to each log_history entry."""
+    from datasets import Dataset
+    from peft import get_peft_model
+    from transformers import AutoModelForCausalLM, DataCollatorForLanguageModeling, Trainer, TrainingArguments
+
+    tok = AutoTokenizer.from_pretrained(tiny, padding_side="left")
+    torch.manual_seed(0)
+    model = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny),
+                           LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", task_type="CAUSAL_LM"))
+    ds = Dataset.from_list([tok(f"def f(x):\n    return x + {i}\n") for i in range(8)])
+    args = TrainingArguments(output_dir=str(tmp_path), use_cpu=True, max_steps=2, per_device_train_batch_size=4,
+                             logging_steps=1, report_to="none", save_strategy="no", disable_tqdm=True, seed=0)
+    trainer = Trainer(model=model, args=args, train_dataset=ds, processing_class=tok,
+                      data_collator=DataCollatorForLanguageModeling(tok, mlm=False))
+    cb = attach_skill_safety(trainer, ["b"], {"b": B_TASKS}, sandbox, eps=0.0, refresh_every=1, **MEMORY)
+    trainer.train()
+    assert cb.hooks.calls == {"before": 2, "after": 2}
+    logged = [e for e in trainer.state.log_history if "loss" in e]
+    assert len(logged) == 2 and all("skill_safe/num_protected" in e and "skill_safe/predicted_dJ/b" in e
+                                    for e in logged)
