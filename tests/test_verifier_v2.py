@@ -671,3 +671,13 @@ def test_asserts_in_a_called_back_test_function_are_not_units(sandbox):
     tests = "def check(v):\n    assert v == 1\nassert run(check) == 1\n"
     v = sandbox.run_tests(prog, tests)
     assert not v.passed and (v.units_passed, v.units_total) == (0, 1), v
+
+
+def test_the_sandbox_never_changes_the_callers_mounts():
+    # every mount (private /proc, /tmp, the hidden Python folder) is made in the zygote's own
+    # mount namespace; the caller's mount table is the same before, during and after
+    before = Path("/proc/self/mountinfo").read_text()
+    with Sandbox(workers=1) as sb:
+        assert sb.run_tests("def f(x):\n    return x + 1\n", "assert f(1) == 2\n").passed
+        assert Path("/proc/self/mountinfo").read_text() == before
+    assert Path("/proc/self/mountinfo").read_text() == before

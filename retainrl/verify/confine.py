@@ -43,7 +43,7 @@ from dataclasses import dataclass, field
 CLONE_NEWNS, CLONE_NEWUTS, CLONE_NEWIPC = 0x00020000, 0x04000000, 0x08000000
 CLONE_NEWUSER, CLONE_NEWPID, CLONE_NEWNET = 0x10000000, 0x20000000, 0x40000000
 MS_NOSUID, MS_NODEV, MS_NOEXEC, MS_BIND, MS_REC, MS_PRIVATE = 2, 4, 8, 4096, 16384, 1 << 18
-PR_SET_PDEATHSIG, PR_SET_DUMPABLE, PR_SET_NO_NEW_PRIVS = 1, 4, 38
+PR_SET_PDEATHSIG, PR_SET_DUMPABLE, PR_SET_NO_NEW_PRIVS, PR_SET_CHILD_SUBREAPER = 1, 4, 38, 36
 
 # Landlock (include/uapi/linux/landlock.h); syscall numbers are the same on x86_64 and arm64.
 SYS_LANDLOCK_CREATE_RULESET, SYS_LANDLOCK_ADD_RULE, SYS_LANDLOCK_RESTRICT_SELF = 444, 445, 446
@@ -315,8 +315,11 @@ def confine_zygote(base_dir_name: str, uid: int | None, fork_into_pid_ns) -> tup
     iso = Isolation()
     lc = libc()
     root = os.geteuid() == 0
+    paths = python_paths()  # now: sysconfig imports lazily, which a dropped uid may not manage
+    stdlib = os.path.realpath(sysconfig.get_paths()["stdlib"])
     ns_flags = CLONE_NEWNS | CLONE_NEWNET | CLONE_NEWIPC | CLONE_NEWUTS | CLONE_NEWPID
     in_ns = False
+    host_mnt_ns = _mount_ns()
     try:
         if root:
             lc.call("unshare", ns_flags)
@@ -330,13 +333,23 @@ def confine_zygote(base_dir_name: str, uid: int | None, fork_into_pid_ns) -> tup
             with open("/proc/self/gid_map", "w") as f:
                 f.write(f"{outer_gid} {outer_gid} 1")
             iso.layers["user_namespace"] = f"maps only uid {outer_uid}"
-        in_ns = True
+        # every mount below is made only in a mount namespace of our own, checked here: a
+        # mount in the caller's namespace would change the host's /, /proc or /tmp
+        in_ns = _mount_ns() != host_mnt_ns
+        if not in_ns:
+            raise OSError(errno.EPERM, "unshare returned but the mount namespace is unchanged")
         iso.layers["namespaces"] = "mount, network (empty), ipc, uts, pid"
     except OSError as e:
         iso.missing["namespaces"] = str(e)
     if in_ns:
         fork_into_pid_ns()
         iso.is_init = os.getpid() == 1
+    else:  # orphans of a job become the zygote's children, to be killed with the job
+        try:
+            lc.prctl(PR_SET_CHILD_SUBREAPER, 1)
+        except OSError:
+            pass
+    if in_ns:  # mounts only inside the zygote's own mount namespace: never the host's /, /proc or /tmp
         try:
             lc.mount(None, "/", None, MS_REC | MS_PRIVATE)
             # hidepid=invisible: a program sees only processes it could ptrace, i.e. itself
@@ -360,10 +373,16 @@ def confine_zygote(base_dir_name: str, uid: int | None, fork_into_pid_ns) -> tup
             iso.missing["tmp"] = str(e)
     base_dir = os.path.join("/tmp" if "tmp" in iso.layers else _shared_tmp(), base_dir_name)
     os.makedirs(base_dir, mode=0o700, exist_ok=True)
-    if root and uid is not None:
+    closed = [p for p in paths if _closed_ancestor(p)]
+    if root and uid is not None and closed and not in_ns:
+        # without a mount namespace the installation cannot be exposed to another uid, and
+        # programs could not import what is not pre-imported: keep root, and say so
+        iso.missing["identity"] = (f"programs run as root: {', '.join(closed)} is not readable by other "
+                                   "uids and there is no mount namespace to expose it")
+    elif root and uid is not None:
         try:
             if in_ns:
-                hidden = _expose(python_paths(), lc)
+                hidden = _expose(paths, lc)
                 if hidden:
                     iso.layers["hidden_folders"] = f"only {', '.join(hidden)} visible in {len(hidden)} closed folder(s)"
             os.chown(base_dir, uid, uid)
@@ -372,7 +391,7 @@ def confine_zygote(base_dir_name: str, uid: int | None, fork_into_pid_ns) -> tup
             os.setuid(uid)
             iso.uid = uid
             iso.layers["identity"] = f"uid {uid}, no groups"
-            if not _can_read_stdlib():
+            if not _can_read(stdlib):
                 iso.missing["stdlib_readable"] = "the dropped uid cannot read the standard library"
         except OSError as e:
             iso.missing["identity"] = f"uid drop failed: {e}"
@@ -388,7 +407,7 @@ def confine_zygote(base_dir_name: str, uid: int | None, fork_into_pid_ns) -> tup
     abi = iso.landlock_abi = landlock_abi()
     if abi >= 1:
         try:
-            rules = [(p, READ) for p in python_paths()] + [(p, READ) for p in READ_ONLY_PATHS]
+            rules = [(p, READ) for p in paths] + [(p, READ) for p in READ_ONLY_PATHS]
             rules += [("/dev/null", FS_READ_FILE | FS_WRITE_FILE), (base_dir, READ | WRITE | FS_TRUNCATE)]
             landlock_restrict(abi, rules, fs_rights(abi), net=True, scoped=True)
             iso.layers["landlock"] = (f"ABI {abi}: reads in the Python installation and system libraries, "
@@ -409,13 +428,20 @@ def confine_zygote(base_dir_name: str, uid: int | None, fork_into_pid_ns) -> tup
     return iso, base_dir
 
 
+def _mount_ns() -> int | None:
+    try:
+        return os.stat("/proc/self/ns/mnt").st_ino
+    except OSError:
+        return None
+
+
 def _shared_tmp() -> str:
     return "/dev/shm" if os.access("/dev/shm", os.W_OK) else "/tmp"
 
 
-def _can_read_stdlib() -> bool:
+def _can_read(path: str) -> bool:
     try:
-        os.listdir(os.path.realpath(sysconfig.get_paths()["stdlib"]))
+        os.listdir(path)
         return True
     except OSError:
         return False

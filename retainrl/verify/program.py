@@ -481,6 +481,30 @@ def _end_job(pid: int | None, is_init: bool) -> None:
                 target()
             except OSError:
                 pass
+        _kill_orphans()
+
+
+def _kill_orphans() -> None:
+    """Without a PID namespace: the zygote is a child subreaper, so a job's processes that left
+    its process group (setsid) and lost their parent are the zygote's children; kill them."""
+    me = str(os.getpid())
+    try:
+        entries = os.listdir("/proc")
+    except OSError:
+        return
+    for entry in entries:
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", "rb") as f:
+                ppid = f.read().rsplit(b")", 1)[1].split()[1].decode()
+        except (OSError, IndexError):
+            continue
+        if ppid == me:
+            try:
+                os.kill(int(entry), signal.SIGKILL)
+            except OSError:
+                pass
 
 
 def _reap_dead(keep: int) -> None:
