@@ -389,3 +389,14 @@ def test_run_configs_pick_the_world_version_and_build_refactor_when_trained():
         load_config(RunConfig, smoke, small + ["world.version=1", "protocol.phases=[refactor]"])   # not in v1
     with pytest.raises(ConfigError, match="world.version"):
         load_config(RunConfig, smoke, ["world.version=3"])
+
+
+def test_pretrain_corpus_of_world_version_2_carries_each_skills_habit():
+    script = _pretrain_script()
+    args = script.parse_args(["--n_pretrain", "6", "--world_version", "2", "--habit_gen", "1.0", "--habit_repair", "1.0",
+                              "--habit_reason", "1.0", "--habit_refactor", "1.0"])
+    corpus = script.build_corpus(args)
+    assert sorted({skill for skill, _, _ in corpus}) == sorted(VERSION_SKILLS[2]) and len(corpus) == 24
+    tasks = {t.prompt: t for skill in VERSION_SKILLS[2]
+             for t in generate(WorldConfig(seed=0, version=2), skill, "pretrain", 6)}
+    assert all(shows_habit(tasks[prompt], answer) for _, prompt, answer in corpus)
