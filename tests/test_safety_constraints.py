@@ -267,3 +267,8 @@ def test_answer_memories_and_phase_anchor_survive_a_checkpoint(policy_and_answer
     fresh = SafetyLayer(cfg, tasks, None, seed=0)
     fresh.load_state(old)
     assert fresh.anchor is None and fresh.answer_memories == {}
+    # an anchor that does not fit the parameters (a damaged or foreign checkpoint) is a clear error
+    from retainrl.safety.layer import _anchor_values
+    again.anchor = torch.zeros(5)
+    with pytest.raises(ValueError, match="anchor"):
+        _anchor_values(again, None, [p], "gen", [0])

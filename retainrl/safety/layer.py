@@ -241,6 +241,10 @@ def _anchor_values(layer: "SafetyLayer", policy, params, s: str, prompts: list[i
     if cached is None or cached[0] != key:
         every = [p for p in range(len(mem.answers)) if mem.answers[p] is not None]
         now = flat_params(params)
+        if not isinstance(layer.anchor, torch.Tensor) or layer.anchor.shape != now.shape:
+            raise ValueError(f"safety: the phase-start parameters (anchor) have shape "
+                             f"{tuple(getattr(layer.anchor, 'shape', ()))}, the trainable parameters "
+                             f"{tuple(now.shape)}: a checkpoint of another adapter?")
         with torch.no_grad():
             set_params(params, layer.anchor)
             vals = mem.values(policy, every)
