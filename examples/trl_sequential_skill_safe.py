@@ -12,8 +12,8 @@ What it shows: the two retainrl pieces a TRL user adds to an ordinary GRPOTraine
             Adam takes is projected so that no protected skill's memory objective decreases to
             first order (eps = 0), the same layer as `retainrl train safety.enabled=true`.
 
-Settings follow `retainrl demo` (retainrl/configs/demo.yaml): world seed 0 (v1), 400 train and 48
-held-out tasks per skill; LoRA r 8 / alpha 16 on every linear layer; 8 prompts x 8 samples per
+Settings follow `retainrl demo` (retainrl/configs/demo.yaml): world seed 0, version 2, 400 train
+and 100 held-out tasks per skill; LoRA r 8 / alpha 16 on every linear layer; 8 prompts x 8 samples per
 step, temperature 1, 64 new tokens; GRPO with token-mean loss (TRL loss_type "dapo"), clip
 0.2, no KL, AdamW lr 1e-3, grad-norm clip 1.0; memories of 16 prompts x 4 samples, 8 prompts
 per estimate, refreshed every 5 steps. One trainer per phase on the same LoRA model (the
@@ -44,7 +44,8 @@ def parse_args(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--steps", type=int, default=10, help="optimizer steps per phase")
     ap.add_argument("--methods", default="plain,skill_safe", help="comma-separated: plain, skill_safe")
-    ap.add_argument("--heldout", type=int, default=48, help="held-out tasks per skill")
+    ap.add_argument("--heldout", type=int, default=100, help="held-out tasks per skill")
+    ap.add_argument("--world_version", type=int, default=2, choices=(1, 2), help="built-in world version")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=1, help="torch threads (the sandbox needs a core)")
     ap.add_argument("--out", default=None, help="results folder (default: a temporary one)")
@@ -82,7 +83,7 @@ def run_method(method: str, args, world, sandbox, out_dir: Path) -> dict:
                                       task_type="CAUSAL_LM"))
     skills = list(PHASES)
     train = {s: world[s]["train"] for s in skills}
-    heldout = {s: world[s]["heldout"][:args.heldout] for s in skills}
+    heldout = {s: world[s]["heldout"] for s in skills}
     rewards = skill_rewards(sandbox, skills)
     R, logs, t0 = [], [], time.monotonic()
     for phase, skill in enumerate(PHASES):
@@ -128,8 +129,9 @@ def main(argv=None) -> int:
         print(f"unknown method(s) {bad}; expected plain, skill_safe", file=sys.stderr)
         return 2
     out = Path(args.out or tempfile.mkdtemp(prefix="trl_seq_"))
-    # the world is fixed (seed 0, version 1, as in the demo's runs); --seed is the run's seed
-    world = make_world(WorldConfig(seed=0, n_train=400, n_heldout=max(48, args.heldout), skills=PHASES))
+    # the world is fixed (seed 0, version 2, as `retainrl demo`); --seed is the run's seed
+    world = make_world(WorldConfig(seed=0, version=args.world_version, n_train=400, n_heldout=args.heldout,
+                                   skills=PHASES))
     results = {}
     with Sandbox(workers=2) as sandbox:
         for method in methods:
