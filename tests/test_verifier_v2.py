@@ -682,3 +682,45 @@ def test_the_sandbox_never_changes_the_callers_mounts():
         assert sb.run_tests("def f(x):\n    return x + 1\n", "assert f(1) == 2\n").passed
         assert Path("/proc/self/mountinfo").read_text() == before
     assert Path("/proc/self/mountinfo").read_text() == before
+
+
+# ------------------------------------------------------------------ found by an attack review (session 4)
+def test_program_cannot_replace_a_test_objects_method(sandbox):
+    """`acc.ok = lambda: True` would make the tests' own check run program code."""
+    tests = dedent("""
+        class Acc:
+            def __init__(self):
+                self.items = []
+            def ok(self):
+                return self.items == [1, 2]
+        a = Acc()
+        f(a)
+        assert a.ok()
+    """)
+    for prog in ("def f(acc):\n    acc.ok = lambda: True\n",
+                 "def f(acc):\n    acc.ok = 1\n",
+                 "def f(acc):\n    acc.items = [1, 2]\n    acc.extra = print\n"):
+        v = sandbox.run_tests(prog, tests)
+        assert not v.passed, (prog, v)
+    honest = "def f(acc):\n    acc.items = [1, 2]\n"  # data attributes are fine
+    assert sandbox.run_tests(honest, tests).passed
+    # a trusted callable the tests hand over may not be planted either
+    v = sandbox.run_tests("def f(acc, g):\n    acc.ok = g\n", tests.replace("f(a)", "f(a, lambda: True)"))
+    assert not v.passed, v
+
+
+def test_program_objects_have_no_inequality_either(sandbox):
+    v = sandbox.run_tests("def f(x):\n    return object()\n", "assert f(1) != 0\nassert f(2) != [1]\n")
+    assert not v.passed, v
+    v = sandbox.run_tests("def f(x):\n    return object()\n", "assert f(1) is not None\n")
+    assert v.passed, v  # identity checks still work
+
+
+def test_a_wide_namedtuple_result_is_honest_data(sandbox):
+    """Honest control for the namedtuple cache bound (classes of more than 64 fields are built per
+    job, not cached for the worker's life; the bound itself lives in the worker process)."""
+    prog = ("import collections\n"
+            "def f():\n"
+            "    return collections.namedtuple('Wide', ['a%d' % j for j in range(500)])(*range(500))\n")
+    v = sandbox.run_tests(prog, "assert f().a499 == 499\n")
+    assert v.passed, v

@@ -223,6 +223,13 @@ class Remote:
     def __bool__(self):
         raise TypeError(f"a program object ({self._tname}) has no truth value in the tests")
 
+    # No equality of either kind: identity would make `assert f(x) != 0` pass for any object.
+    def __eq__(self, other):
+        raise TypeError(f"a program object ({self._tname}) cannot be compared in the tests")
+
+    __ne__ = __eq__
+    __hash__ = object.__hash__  # handles may still be looked up by identity (e.g. as dict keys)
+
     def __repr__(self):
         return f"<program {self._tname} #{self._h}>"
 
@@ -496,7 +503,7 @@ class JudgeJob:
             cls = _NT_CACHE.get(key)
             if cls is None:
                 cls = collections.namedtuple(name, fields, rename=True)
-                if len(_NT_CACHE) < 1000:
+                if len(_NT_CACHE) < 1000 and len(fields) <= 64:  # bounded memory across jobs
                     _NT_CACHE[key] = cls
             return cls(*[dec(v, d) for v in x[3:]])
         if tag == "kv":
@@ -607,7 +614,14 @@ class JudgeJob:
                     return {"r": self.enc(getattr(obj, name))}
                 if isinstance(obj, (type, types.FunctionType, types.MethodType)):
                     raise AttributeError(f"cannot set {name} on a trusted class or function")
-                setattr(obj, name, self.dec(msg.get("v")))
+                value = self.dec(msg.get("v"))
+                # data only: a callable (the program's, or one the tests passed it) or a name the
+                # class defines (a method, a property) would make the tests run program code
+                # where they call their own method (`acc.ok = lambda: True`, then `assert acc.ok()`)
+                if callable(value) or hasattr(type(obj), name):
+                    raise AttributeError(f"a program may set data attributes on a test object, not "
+                                         f"{name!r} to a {'callable' if callable(value) else 'name its class defines'}")
+                setattr(obj, name, value)
                 return {"r": None}
             raise Malformed(f"unknown request {op!r}")
         except (Malformed, Abort):
