@@ -13,7 +13,7 @@ import pytest
 from retainrl.data.world import (SKILLS, VERSION_SKILLS, WorldConfig, generate, habit_answer, make_world, shape_shares,
                                   shows_habit, split_of, wrong_answer)
 from retainrl.data.world.ops import OPS_BY_NAME
-from retainrl.data.world.programs import LEVELS, Step, bug_candidates, failing_cases, loop_render, render
+from retainrl.data.world.programs import LEVELS, Step, bug_candidates, failing_cases, render
 from retainrl.verify.checks import verify_many
 from retainrl.verify.sandbox import Sandbox
 
@@ -235,7 +235,7 @@ def test_loop_render_writes_comprehensions_as_loops():
              Step(OPS_BY_NAME["sum"])]
     assert render(chain) == ("def f(xs):\n    xs = [x for x in xs if x > 3]\n    xs = [x * 2 for x in xs]\n"
                              "    return sum(xs)\n")
-    assert loop_render(chain) == ("def f(xs):\n    ys = []\n    for x in xs:\n        if x > 3:\n"
+    assert render(chain, loops=True) == ("def f(xs):\n    ys = []\n    for x in xs:\n        if x > 3:\n"
                                   "            ys.append(x)\n    xs = ys\n    ys = []\n    for x in xs:\n"
                                   "        ys.append(x * 2)\n    xs = ys\n    return sum(xs)\n")
 

@@ -102,14 +102,19 @@ def sample_input(rng: random.Random, typ: str, level: Level):
 
 # ----------------------------------------------------------------------------- rendering
 
-def render(chain: list[Step]) -> str:
-    """The Python source of `def f(...)` for a chain, ending in a newline."""
+def render(chain: list[Step], loops: bool = False) -> str:
+    """The Python source of `def f(...)` for a chain, ending in a newline. loops=True writes every
+    single-generator list comprehension as an explicit loop (the verbose "before" of a refactor
+    task)."""
     lines = [f"def f({VAR[chain[0].op.src]}):"]
     for i, step in enumerate(chain):
         last = i == len(chain) - 1
         out = VAR.get(step.op.dst, "")
         code = step.fill(step.op.code, out)
-        if step.op.stmt:
+        loop = _loop_lines(code, out, last) if loops and not step.op.stmt else None
+        if loop is not None:
+            lines += ["    " + line for line in loop]
+        elif step.op.stmt:
             lines += ["    " + line for line in code.split("\n")]
             if last:
                 lines.append(f"    return {out}")
@@ -154,26 +159,6 @@ def _loop_lines(code: str, out: str, last: bool) -> list[str] | None:
     else:
         lines.append(f"    ys.append({ast.unparse(node.elt)})")
     return lines + (["return ys"] if last else [f"{out} = ys"])
-
-
-def loop_render(chain: list[Step]) -> str:
-    """The source of `f` with every list-comprehension step written as an explicit loop (the
-    verbose "before" of a refactor task); other steps render as in `render`."""
-    lines = [f"def f({VAR[chain[0].op.src]}):"]
-    for i, step in enumerate(chain):
-        last = i == len(chain) - 1
-        out = VAR.get(step.op.dst, "")
-        code = step.fill(step.op.code, out)
-        loop = None if step.op.stmt else _loop_lines(code, out, last)
-        if loop is not None:
-            lines += ["    " + line for line in loop]
-        elif step.op.stmt:
-            lines += ["    " + line for line in code.split("\n")]
-            if last:
-                lines.append(f"    return {out}")
-        else:
-            lines.append(f"    return {code}" if last else f"    {out} = {code}")
-    return "\n".join(lines) + "\n"
 
 
 # ----------------------------------------------------------------------------- running

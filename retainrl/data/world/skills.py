@@ -29,7 +29,7 @@ from dataclasses import dataclass
 
 from retainrl.data.task import Task
 from retainrl.data.world.ops import LETTERS
-from retainrl.data.world.programs import (Step, bug_candidates, inject_bug, loop_render, render, signature, spec,
+from retainrl.data.world.programs import (Step, bug_candidates, inject_bug, render, signature, spec,
                                           typed_signature)
 
 SKILLS = ("gen", "repair", "reason")
@@ -93,7 +93,7 @@ def make_refactor(fn: WorldFunction, rng: random.Random, **task_args) -> Task:
     reference = sig + "\n" + fn.source.split("\n", 1)[1]
     no_loops = not any(isinstance(node, (ast.For, ast.While)) for node in ast.walk(ast.parse(reference)))
     rule = f"use the signature `{sig}`" + (" and no for loops" if no_loops else "")
-    prompt = f"Task: refactor the function, keeping what it returns; {rule}.\n{loop_render(list(fn.chain))}{ANSWER}"
+    prompt = f"Task: refactor the function, keeping what it returns; {rule}.\n{render(list(fn.chain), loops=True)}{ANSWER}"
     form = {"signature": sig, "no_loops": no_loops}
     task_args["meta"] = {**task_args["meta"], "form": form}
     return Task(prompt=prompt, check="unit_tests", tests=_tests(fn), program_suffix="\n", entry_point="f",
