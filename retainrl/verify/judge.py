@@ -552,23 +552,11 @@ class JudgeJob:
             if x._j is not self:
                 raise TypeError("a handle from another job")
             return ["H", x._h]
-        if t is list:
-            return ["l", *[e(v, d) for v in x]]
-        if t is tuple:
-            return ["t", *[e(v, d) for v in x]]
-        if t is dict:
-            return _pairs(e, "d", x, d)
-        if t is set:
-            return ["s", *[e(v, d) for v in x]]
-        if t is frozenset:
-            return ["fs", *[e(v, d) for v in x]]
-        if t is bytes:
-            return ["b", x.decode("latin-1")]
-        if t is bytearray:
-            return ["ba", x.decode("latin-1")]
-        special = _enc_special(e, x, t, d)
-        if special is not None:
-            return special
+        plain = wire.enc_plain(e, x, t, d)
+        if plain is not None:
+            return plain
+        if isinstance(x, tuple) and type(getattr(t, "_fields", None)) is tuple and t.__module__ != "__tests__":
+            return ["nt", t.__name__, list(t._fields), *[e(v, d) for v in x]]
         if t in _VIEW_TYPES:
             return ["kv", _VIEW_TYPES[t], *[e(v, d) for v in x]]
         if t is type and _BUILTIN_TYPES.get(x.__name__) is x:
@@ -628,51 +616,6 @@ class JudgeJob:
             raise
         except Exception as e:  # noqa: BLE001 - trusted code raising is an answer too
             return {"exc": [type(e).__name__ if type(e).__module__ == "builtins" else "Exception", str(e)[:300]]}
-
-
-def _pairs(e, tag, mapping, d):
-    out = [tag]
-    for k, v in mapping.items():
-        out.append(e(k, d))
-        out.append(e(v, d))
-    return out
-
-
-def _enc_special(e, x, t, d):
-    if t is complex:
-        return ["c", x.real, x.imag]
-    if t is range:
-        return ["r", e(x.start), e(x.stop), e(x.step)]
-    if t is slice:
-        return ["sl", e(x.start, d), e(x.stop, d), e(x.step, d)]
-    if x is Ellipsis:
-        return ["E"]
-    if t is decimal.Decimal:
-        return ["D", str(x)]
-    if t is fractions.Fraction:
-        return ["F", e(x.numerator), e(x.denominator)]
-    if t is datetime.datetime:
-        off = x.utcoffset()
-        return ["dt", x.year, x.month, x.day, x.hour, x.minute, x.second, x.microsecond,
-                None if off is None else off.total_seconds(), x.fold]
-    if t is datetime.date:
-        return ["date", x.year, x.month, x.day]
-    if t is datetime.time:
-        off = x.utcoffset()
-        return ["tm", x.hour, x.minute, x.second, x.microsecond, None if off is None else off.total_seconds(), x.fold]
-    if t is datetime.timedelta:
-        return ["td", x.days, x.seconds, x.microseconds]
-    if t is collections.Counter:
-        return _pairs(e, "C", x, d)
-    if t is collections.OrderedDict:
-        return _pairs(e, "OD", x, d)
-    if t is collections.defaultdict:
-        return _pairs(e, "dd", x, d)
-    if t is collections.deque:
-        return ["dq", x.maxlen, *[e(v, d) for v in x]]
-    if isinstance(x, tuple) and type(getattr(t, "_fields", None)) is tuple and t.__module__ != "__tests__":
-        return ["nt", t.__name__, list(t._fields), *[e(v, d) for v in x]]
-    return None
 
 
 def _is_test_defined(obj) -> bool:

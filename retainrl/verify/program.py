@@ -105,27 +105,18 @@ class ProgramSide:
             raise ValueError("value nested too deeply to return")
         d += 1
         e = self.enc
-        if t is list:
-            return ["l", *[e(v, d) for v in x]]
-        if t is tuple:
-            return ["t", *[e(v, d) for v in x]]
-        if t is dict:
-            return self._pairs("d", x, d)
-        if t is set:
-            return ["s", *[e(v, d) for v in x]]
-        if t is frozenset:
-            return ["fs", *[e(v, d) for v in x]]
-        if t is bytes:
-            return ["b", x.decode("latin-1")]
-        if t is bytearray:
-            return ["ba", x.decode("latin-1")]
+        plain = wire.enc_plain(e, x, t, d)
+        if plain is not None:
+            return plain
         if t is TrustedRef:
             return ["T", x._tid]
         if t is type and getattr(builtins, x.__name__, None) is x:
             return ["B", x.__name__]
-        special = self._special(x, t, d)
-        if special is not None:
-            return special
+        if t is re.Match:
+            groups = [[x.group(i), *x.span(i)] for i in range(len(x.groups()) + 1)]
+            return ["M", e(x.string, d), [[e(g, d), s, f] for g, s, f in groups], dict(x.re.groupindex)]
+        if isinstance(x, tuple) and type(getattr(t, "_fields", None)) is tuple:
+            return ["nt", t.__name__, list(t._fields), *[e(v, d) for v in x]]
         if t in self.view_types:
             return ["kv", self.view_types[t], *[e(v, d) for v in x]]
         if isinstance(x, types.GeneratorType) or (hasattr(t, "__next__") and t.__module__ in _ITER_MODULES):
@@ -137,54 +128,6 @@ class ProgramSide:
                 if type(plain) is base:
                     return e(plain, d)
         return ["h", self.handle(x), "f" if callable(x) else "o", getattr(t, "__name__", "?")[:80]]
-
-    def _pairs(self, tag, mapping, d):
-        out = [tag]
-        for k, v in mapping.items():
-            out.append(self.enc(k, d))
-            out.append(self.enc(v, d))
-        return out
-
-    def _special(self, x, t, d):
-        e = self.enc
-        if t is complex:
-            return ["c", x.real, x.imag]
-        if t is range:
-            return ["r", e(x.start), e(x.stop), e(x.step)]
-        if t is slice:
-            return ["sl", e(x.start, d), e(x.stop, d), e(x.step, d)]
-        if x is Ellipsis:
-            return ["E"]
-        if t is decimal.Decimal:
-            return ["D", str(x)]
-        if t is fractions.Fraction:
-            return ["F", e(x.numerator), e(x.denominator)]
-        if t is datetime.datetime:
-            off = x.utcoffset()
-            return ["dt", x.year, x.month, x.day, x.hour, x.minute, x.second, x.microsecond,
-                    None if off is None else off.total_seconds(), x.fold]
-        if t is datetime.date:
-            return ["date", x.year, x.month, x.day]
-        if t is datetime.time:
-            off = x.utcoffset()
-            return ["tm", x.hour, x.minute, x.second, x.microsecond,
-                    None if off is None else off.total_seconds(), x.fold]
-        if t is datetime.timedelta:
-            return ["td", x.days, x.seconds, x.microseconds]
-        if t is collections.Counter:
-            return self._pairs("C", x, d)
-        if t is collections.OrderedDict:
-            return self._pairs("OD", x, d)
-        if t is collections.defaultdict:
-            return self._pairs("dd", x, d)
-        if t is collections.deque:
-            return ["dq", x.maxlen, *[e(v, d) for v in x]]
-        if t is re.Match:
-            groups = [[x.group(i), *x.span(i)] for i in range(len(x.groups()) + 1)]
-            return ["M", e(x.string, d), [[e(g, d), s, f] for g, s, f in groups], dict(x.re.groupindex)]
-        if isinstance(x, tuple) and type(getattr(t, "_fields", None)) is tuple:
-            return ["nt", t.__name__, list(t._fields), *[e(v, d) for v in x]]
-        return None
 
     # -- decoding (values from the judge: well-formed) ---------------------------------------
     def dec(self, x):

@@ -32,6 +32,10 @@ This module only frames and checks shapes; each side builds its own objects from
 
 from __future__ import annotations
 
+import collections
+import datetime
+import decimal
+import fractions
 import json
 import os
 import select
@@ -159,3 +163,63 @@ def big_int(hexstr) -> int:
 
 def int_tag(x: int):
     return x if -SMALL_INT < x < SMALL_INT else ["I", hex(x)]
+
+
+def pairs(e, tag: str, mapping, d: int) -> list:
+    """[tag, k1, v1, k2, v2, ...] with keys and values encoded by `e`."""
+    out = [tag]
+    for k, v in mapping.items():
+        out.append(e(k, d))
+        out.append(e(v, d))
+    return out
+
+
+def enc_plain(e, x, t, d: int):
+    """The tagged form of a plain-data container or value type (both sides encode these alike),
+    or None for anything else. `e(value, depth)` encodes the items; `t` is type(x)."""
+    if t is list:
+        return ["l", *[e(v, d) for v in x]]
+    if t is tuple:
+        return ["t", *[e(v, d) for v in x]]
+    if t is dict:
+        return pairs(e, "d", x, d)
+    if t is set:
+        return ["s", *[e(v, d) for v in x]]
+    if t is frozenset:
+        return ["fs", *[e(v, d) for v in x]]
+    if t is bytes:
+        return ["b", x.decode("latin-1")]
+    if t is bytearray:
+        return ["ba", x.decode("latin-1")]
+    if t is complex:
+        return ["c", x.real, x.imag]
+    if t is range:
+        return ["r", e(x.start, d), e(x.stop, d), e(x.step, d)]
+    if t is slice:
+        return ["sl", e(x.start, d), e(x.stop, d), e(x.step, d)]
+    if x is Ellipsis:
+        return ["E"]
+    if t is decimal.Decimal:
+        return ["D", str(x)]
+    if t is fractions.Fraction:
+        return ["F", e(x.numerator, d), e(x.denominator, d)]
+    if t is datetime.datetime:
+        off = x.utcoffset()
+        return ["dt", x.year, x.month, x.day, x.hour, x.minute, x.second, x.microsecond,
+                None if off is None else off.total_seconds(), x.fold]
+    if t is datetime.date:
+        return ["date", x.year, x.month, x.day]
+    if t is datetime.time:
+        off = x.utcoffset()
+        return ["tm", x.hour, x.minute, x.second, x.microsecond, None if off is None else off.total_seconds(), x.fold]
+    if t is datetime.timedelta:
+        return ["td", x.days, x.seconds, x.microseconds]
+    if t is collections.Counter:
+        return pairs(e, "C", x, d)
+    if t is collections.OrderedDict:
+        return pairs(e, "OD", x, d)
+    if t is collections.defaultdict:
+        return pairs(e, "dd", x, d)
+    if t is collections.deque:
+        return ["dq", x.maxlen, *[e(v, d) for v in x]]
+    return None
