@@ -9,7 +9,7 @@ cut at that point, with the same parts and the same numbers:
       1. skills = layer.switched_on(protected, step): the same switch (trigger or not) as the layer.
       2. memories due for a refresh (every refresh_every steps) are regenerated through
          `generation_policy()` (for TRL: a Policy around `unwrap_model_for_generation`), with the
-         layer's seeds (derive_seed(seed, step, "safety/memory/<skill>")).
+         layer's rule and seeds (`SafetyLayer.refresh_if_due`: the memory its constraint uses).
       3. rows G (K, d) and slacks from the layer's constraint builder (CONSTRAINTS, e.g.
          "skill_mean": -grad J_s of each memory surrogate, rank-averaged); the builder's backward
          replaces .grad, so the loop's gradient tensors are put back afterwards, untouched.
@@ -38,7 +38,6 @@ import torch
 
 from retainrl.parallel import flat_grad, flat_params, set_grads, set_params
 from retainrl.safety.layer import SafetyLayer, project_update
-from retainrl.seeds import derive_seed
 
 
 class SkillSafeStep:
@@ -64,17 +63,16 @@ class SkillSafeStep:
         return torch.random.fork_rng(devices=[dev] if getattr(dev, "type", "cpu") == "cuda" else [])
 
     def _refresh_due(self, skills: list[str], step: int) -> None:
-        layer = self.layer
-        due = [s for s in skills
-               if layer.memory(s).rollout is None or step - layer.memory(s).refreshed_at >= layer.cfg.refresh_every]
-        if not due:
+        """Refresh the memories the layer's constraint will use, generating through the trainer's
+        generation policy (the layer's rule and seeds: `SafetyLayer.refresh_if_due`)."""
+        due = [s for s in skills if self.layer.memory_due(step, s)]
+        if not due:  # most steps: no generation context to enter
             return
         model = self.policy.model
         was_training = model.training
         with self.generation_policy() as gen_policy:
             for s in due:
-                layer.memory(s).refresh(gen_policy, self.sandbox, layer.sampling,
-                                        seed=derive_seed(layer.seed, step, f"safety/memory/{s}"), step=step)
+                self.layer.refresh_if_due(gen_policy, self.sandbox, step, s)
         model.train(was_training)  # retainrl's generate leaves the model in eval mode
 
     def before(self, params: list[torch.nn.Parameter], step: int) -> None:

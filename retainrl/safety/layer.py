@@ -193,10 +193,7 @@ def skill_mean_rows(layer: "SafetyLayer", policy, params, sandbox, step: int, sk
     cfg = layer.cfg
     rows_used, G_rows, J_before = {}, [], {}
     for s in skills:  # one extra backward per protected skill
-        mem = layer.memory(s)
-        if mem.rollout is None or step - mem.refreshed_at >= cfg.refresh_every:
-            mem.refresh(policy, sandbox, layer.sampling, seed=derive_seed(layer.seed, step, f"safety/memory/{s}"),
-                        step=step)
+        mem = layer.refresh_if_due(policy, sandbox, step, s)
         rows = mem.batch_rows(cfg.batch_prompts)
         for p in params:
             p.grad = None
@@ -222,10 +219,7 @@ def _answer_terms(layer: "SafetyLayer", policy, params, sandbox, step: int, s: s
     """Skill s's answer memory at this step: (memory, constraint prompts, held-out prompts,
     J (P + H,) float64, reward gradients (P + H, d) rank-averaged), or None without answers."""
     cfg = layer.cfg
-    mem = layer.answer_memory(s)
-    if mem.refreshed_at < 0 or step - mem.refreshed_at >= cfg.refresh_every:
-        mem.refresh(policy, sandbox, layer.sampling, seed=derive_seed(layer.seed, step, f"safety/answers/{s}"),
-                    step=step)
+    mem = layer.refresh_if_due(policy, sandbox, step, s)
     prompts, held = mem.next_prompts(cfg.batch_prompts), mem.heldout_prompts()
     if not prompts:  # no prompt of this skill has ever been answered correctly: nothing to keep
         return None
@@ -405,6 +399,28 @@ class SafetyLayer:
                                                        self.cfg.heldout_prompts, self.cfg.memory_samples,
                                                        seed=derive_seed(self.seed, "safety/answer-prompts", skill))
         return self.answer_memories[skill]
+
+    def _constraint_memory(self, skill: str):
+        """(memory, seed salt, never filled) of the memory this layer's constraint uses for `skill`:
+        the GRPO rollouts of skill_mean, or the verified answers of prompt_ll*."""
+        if self.constraint == "skill_mean":
+            mem = self.memory(skill)
+            return mem, "safety/memory", mem.rollout is None
+        mem = self.answer_memory(skill)
+        return mem, "safety/answers", mem.refreshed_at < 0
+
+    def memory_due(self, step: int, skill: str) -> bool:
+        """Whether `skill`'s constraint memory is empty or refresh_every steps old."""
+        mem, _, empty = self._constraint_memory(skill)
+        return empty or step - mem.refreshed_at >= self.cfg.refresh_every
+
+    def refresh_if_due(self, policy, sandbox, step: int, skill: str):
+        """`skill`'s constraint memory, regenerated first when due; one rule and one seed stream
+        (derive_seed(seed, step, "<salt>/<skill>")) for every caller."""
+        mem, salt, _ = self._constraint_memory(skill)
+        if self.memory_due(step, skill):
+            mem.refresh(policy, sandbox, self.sampling, seed=derive_seed(self.seed, step, f"{salt}/{skill}"), step=step)
+        return mem
 
     def mark_phase(self, protected: list[str] | None, params) -> None:
         """theta_0 <- the current parameters when the protected set changes (a phase start)."""
