@@ -37,6 +37,30 @@ every input it needs as an argument, so any trainer can call it:
    J_p(theta_0)) + eps_s; while c_s >= 0 the two-sided subspace rows (slack eps_s) stay, and
    once c_s < 0 they are replaced by the mean row alone (recovery: restore, do not freeze the
    subspace the restoring step needs).
+   Trust region (`trust_region` = delta > 0, with either prompt_ll* constraint): the KL to the
+   phase-start policy on each memory prompt's answers, as a second-order model built from the
+   same rows. With a_p = J_p(theta_t) - J_p(theta_0) (the measured drift, the k1 estimate of
+   the token-mean KL on the stored answers) and the empirical Fisher of the answers replaced
+   by its rank-one part g_p g_p^T (g_p = grad J_p, the mean answer gradient; the full empirical
+   Fisher mean_a g_a g_a^T is larger, so this model is a lower bound on the curvature), the
+   quadratic model around theta_0, KL_p(theta) = 1/2 (g_p . (theta - theta_0))^2, expanded at
+   theta_t is
+
+       KL_p(theta_t + Delta) ~= 1/2 a_p^2 + a_p <g_p, Delta> + 1/2 <g_p, Delta>^2
+                              = 1/2 (a_p + <g_p, Delta>)^2
+
+   (a_p in place of g_p . (theta_t - theta_0): equal to first order, and it sees curvature the
+   linear estimate misses). Because the Fisher term is rank one per prompt, KL_p <= delta is
+   exactly the slab -sqrt(2 delta) - a_p <= <g_p, Delta> <= sqrt(2 delta) - a_p: two linear
+   rows per prompt, so the exact dual QP solves the second-order constraint without a line
+   search (no approximation beyond the model). It is two-sided, like the KL it models: outside
+   the region (|a_p| > sqrt(2 delta)) one row's slack is negative and the step must move J_p
+   back towards its phase-start value, from either side. Why an option and not a third
+   budget: it bounds a different quantity (distance from theta_0 on the memory, not loss of
+   J) and composes with both budgets and both row builders; with prompt_ll the lower slab row
+   is merged into the prompt's own row (the tighter slack), so a prompt has at most two rows.
+   Constrained per prompt ("each"), not summed: the sum of rank-one terms is a genuine
+   quadratic constraint that the linear QP cannot hold exactly.
 3. Under torch.distributed g and every row are all-reduced (mean) before projecting, so every
    rank projects the same vectors and applies the same update.
 4. space="grad": d* = project(g, G, eps) is written into .grad and the optimizer steps. With SGD
@@ -186,6 +210,7 @@ class Constraints:
     heldout: dict[str, tuple[torch.Tensor, float]] = field(default_factory=dict)  # skill -> (-grad J_ho, J_ho)
     heldout_after: Callable[[str], float] | None = None
     extra: dict[str, float] = field(default_factory=dict)  # builder metrics (budgets, ranks)
+    after: Callable[[torch.Tensor], dict[str, float]] | None = None  # applied step -> builder diagnostics
 
 
 def skill_mean_rows(layer: "SafetyLayer", policy, params, sandbox, step: int, skills: list[str]) -> Constraints:
@@ -255,7 +280,10 @@ def _answer_constraints(layer: "SafetyLayer", policy, params, sandbox, step: int
         layer.mark_phase(None, params)
     d = sum(p.numel() for p in params)
     rows, eps, owners, skill_rows, J_before, heldout, extra, used = [], [], [], {}, {}, {}, {}, {}
-    mode = "absolute" if cfg.budget == "phase" else cfg.eps_mode
+    trust = getattr(cfg, "trust_region", 0.0) > 0
+    radius = (2 * cfg.trust_region) ** 0.5 if trust else 0.0       # |a_p + g_p . Delta| <= sqrt(2 delta)
+    trusted: dict[str, tuple] = {}     # skill -> (g_p rows (P, d), a_p (P,), J_p(theta_0) (P,))
+    mode = "absolute" if cfg.budget == "phase" or trust else cfg.eps_mode
     for s in skills:
         terms = _answer_terms(layer, policy, params, sandbox, step, s)
         if terms is None:
@@ -269,21 +297,34 @@ def _answer_constraints(layer: "SafetyLayer", policy, params, sandbox, step: int
         if held:
             heldout[s] = (-grads[P:].mean(0), float(J[P:].mean()))
         e_s = _eps_of(cfg, s)
-        if cfg.budget == "phase":
-            drift = J_now - _anchor_values(layer, policy, params, s, prompts)   # (P,)
+        if cfg.budget == "phase" or trust:
+            drift = J_now - _anchor_values(layer, policy, params, s, prompts)   # (P,) a_p
             extra[f"safety/drift/{s}"] = float(drift.mean())
+        if cfg.budget == "phase":
             extra[f"safety/budget/{s}"] = float(drift.mean()) + e_s
+        if trust:
+            trusted[s] = (M, drift, J_now - drift)
+            extra[f"safety/trust/kl_before/{s}"] = float((0.5 * drift ** 2).max())
         if not subspace:
+            own = drift + e_s if cfg.budget == "phase" else torch.full((P,), e_s, dtype=torch.float64)
             rows.append(-M)
-            eps += (drift + e_s).tolist() if cfg.budget == "phase" else [e_s] * P
-            owners += [s] * P
-            extra[f"safety/rows/{s}"] = float(P)
+            if trust:  # the slab's lower row is the prompt's own row, with the tighter slack
+                rows.append(M)
+                eps += torch.minimum(own, radius + drift).tolist() + (radius - drift).tolist()
+            else:
+                eps += own.tolist()
+            owners += [s] * (P * (2 if trust else 1))
+            extra[f"safety/rows/{s}"] = float(P * (2 if trust else 1))
             continue
+        if trust:  # both slab rows per prompt, besides the subspace rows
+            rows += [-M, M]
+            eps += (radius + drift).tolist() + (radius - drift).tolist()
+            owners += [s] * (2 * P)
         if cfg.budget == "phase" and float(drift.mean()) + e_s < 0:   # recovery: the mean row alone
             rows.append(mean_row[None])
             eps.append(float(drift.mean()) + e_s)
             owners.append(s)
-            extra[f"safety/rows/{s}"], extra[f"safety/recovery/{s}"] = 1.0, 1.0
+            extra[f"safety/rows/{s}"], extra[f"safety/recovery/{s}"] = 1.0 + 2 * P * trust, 1.0
             continue
         B = subspace_rows(M, cfg.subspace_energy, cfg.subspace_max_rank)          # (r, d)
         rows += [B, -B]
@@ -295,19 +336,46 @@ def _answer_constraints(layer: "SafetyLayer", policy, params, sandbox, step: int
             owners.append(s)
             extra[f"safety/recovery/{s}"] = 0.0
         extra[f"safety/rank/{s}"] = float(B.shape[0])
-        extra[f"safety/rows/{s}"] = float(2 * B.shape[0] + (cfg.budget == "phase"))
+        extra[f"safety/rows/{s}"] = float(2 * B.shape[0] + (cfg.budget == "phase") + 2 * P * trust)
 
     mems = layer.answer_memories
+    now: dict[str, torch.Tensor] = {}   # skill -> J_p after the step (P,), one forward shared by the diagnostics
+
+    def values_after(s: str) -> torch.Tensor:
+        if s not in now:
+            now[s] = mems[s].values(policy, used[s][0])
+        return now[s]
 
     def J_after(s: str) -> float:
-        return float(mems[s].values(policy, used[s][0]).mean())
+        return float(values_after(s).mean())
 
     def heldout_after(s: str) -> float:
         return float(mems[s].values(policy, used[s][1]).mean())
 
+    def after(applied: torch.Tensor) -> dict[str, float]:
+        return _trust_diagnostics(layer.cfg, trusted, applied, values_after)
+
     G = torch.cat(rows) if rows else torch.zeros(0, d)
     return Constraints(G, torch.tensor(eps, dtype=torch.float64), mode, owners, J_before, J_after,
-                       skill_rows=skill_rows, heldout=heldout, heldout_after=heldout_after, extra=extra)
+                       skill_rows=skill_rows, heldout=heldout, heldout_after=heldout_after, extra=extra,
+                       after=after if trusted else None)
+
+
+def _trust_diagnostics(cfg, trusted: dict, applied: torch.Tensor,
+                       values_after: Callable[[str], torch.Tensor]) -> dict[str, float]:
+    """Per trust-region skill: the model's KL after the step (max over prompts of
+    1/2 (a_p + g_p . Delta)^2, <= delta by construction) and, with measure_realised, the
+    measured one, 1/2 (J_p(theta_t + Delta) - J_p(theta_0))^2, and the fraction of prompts
+    whose measured value exceeds delta (the model's error, not a solver violation)."""
+    delta, out = cfg.trust_region, {}
+    for s, (M, a, J0) in trusted.items():
+        model = 0.5 * (a + M.double() @ applied.double()) ** 2
+        out[f"safety/trust/kl_predicted/{s}"] = float(model.max())
+        if cfg.measure_realised:
+            real = 0.5 * (values_after(s) - J0) ** 2
+            out[f"safety/trust/kl_realised/{s}"] = float(real.max())
+            out[f"safety/trust/outside_frac/{s}"] = float((real > delta * (1 + 1e-6)).double().mean())
+    return out
 
 
 @torch.no_grad()
@@ -368,6 +436,13 @@ class SafetyLayer:
                                  "at every refresh")
             if cfg.eps_mode != "absolute" or cfg.space != "step":
                 raise ValueError("safety.budget=phase counts J in its own units: it needs safety.eps_mode=absolute "
+                                 "and safety.space=step")
+        if getattr(cfg, "trust_region", 0.0) > 0:
+            if constraint == "skill_mean":
+                raise ValueError("safety.trust_region bounds the KL on the answer memory: it needs constraint "
+                                 "prompt_ll or prompt_ll_subspace")
+            if cfg.eps_mode != "absolute" or cfg.space != "step":
+                raise ValueError("safety.trust_region counts KL in nats per token: it needs safety.eps_mode=absolute "
                                  "and safety.space=step")
         self.cfg, self.train_tasks, self.sampling, self.seed = cfg, train_tasks, sampling, seed
         self.constraint = constraint
@@ -491,6 +566,8 @@ class SafetyLayer:
         rows: active fraction, share of the step in their span, largest |cos| with a row."""
         out = dict(cons.extra)
         out.update(step_geometry(cons.G, applied))
+        if cons.after is not None:
+            out.update(cons.after(applied))
         skills = list(cons.skill_rows) if cons.skill_rows else list(dict.fromkeys(cons.owners))
         if not skills:
             return out

@@ -158,6 +158,13 @@ class SafetyConfig:
                                     check=lambda v: 0 < v <= 1, must="be in (0, 1]")
     subspace_max_rank: int = option(4, "prompt_ll_subspace: at most this many directions per skill.",
                                     check=lambda v: v >= 1, must="be >= 1")
+    trust_region: float = option(
+        0.0, "prompt_ll*: a trust region on the memory prompts, the KL to the phase-start policy on each prompt's "
+             "answers at most this many nats per token, from the second-order model 1/2 (J_p(now) - J_p(phase start) "
+             "+ g_p . step)^2 (empirical Fisher g_p g_p^T): two linear rows per prompt, |drift_p + g_p . step| <= "
+             "sqrt(2 trust_region), on top of the constraint's own rows (safety/layer.py). 0: off. Needs "
+             "eps_mode=absolute and space=step.", check=lambda v: math.isfinite(v) and v >= 0,
+        must="be finite and >= 0")
 
 
 @dataclass
