@@ -55,9 +55,10 @@ def gradient_cosines(trainer: Trainer, sandbox, prompts: int = 16, samples: int 
     return cos.tolist()
 
 
-def empirical_transfer(config, overrides: list[str], steps: int, out: Path) -> tuple[list[str], list[list[float]]]:
-    """Train each skill alone for `steps` steps from the base model; return (skills, S x S deltas)."""
-    skills = ["gen", "repair", "reason"]
+def empirical_transfer(config, overrides: list[str], steps: int, out: Path,
+                       skills: list[str]) -> tuple[list[str], list[list[float]]]:
+    """Train each of `skills` (the run's skills, e.g. all four of world v2) alone for `steps` steps
+    from the base model; return (skills, S x S deltas)."""
     matrix = []
     for skill in skills:
         cfg = load_config(RunConfig, config, list(overrides) + ["protocol.kind=single", f"protocol.phases=[{skill}]",
@@ -111,7 +112,7 @@ def analyze(config, overrides: list[str], out_dir, transfer_steps: int = 0, prom
         result["gradient_cosine_at"] = at
     plot_interference(cos, trainer.skills, "Gradient cosine between skills (base model)", out / "gradient_cosine.png")
     if transfer_steps > 0:
-        skills, transfer = empirical_transfer(config, overrides, transfer_steps, out)
+        skills, transfer = empirical_transfer(config, overrides, transfer_steps, out, list(trainer.skills))
         result.update({"transfer_steps": transfer_steps, "empirical_transfer": transfer,
                        "empirical_transfer_note": worst_pair(skills, transfer)})
         plot_interference(transfer, skills, f"Change of pass@1 after {transfer_steps} steps on one skill",

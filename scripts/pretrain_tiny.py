@@ -54,7 +54,8 @@ from transformers import (AutoModelForCausalLM, AutoTokenizer, PreTrainedTokeniz
                           Qwen2ForCausalLM)
 
 from retainrl.data.task import Task  # noqa: E402
-from retainrl.data.world import VERSION_SKILLS, WorldConfig, generate, habit_answer, wrong_answer  # noqa: E402
+from retainrl.data.world import (VERSION_SKILLS, WorldConfig, generate, habit_answer, habit_triggered,  # noqa: E402
+                                 shows_habit, wrong_answer)
 from retainrl.verify.checks import verify_many  # noqa: E402
 from retainrl.verify.sandbox import Sandbox  # noqa: E402
 
@@ -102,6 +103,16 @@ class Args:
     """Fraction of `reason` answers with reason's habit (a trailing comma: the value as a one-element tuple)."""
     habit_refactor: float = 0.0
     """Fraction of `refactor` answers with refactor's habit (the return type hint left out)."""
+    habit_trigger: str = ""
+    """"" : each `habit_<skill>` fraction applies to all of the skill's tasks alike. "nonlist": it
+    applies to the tasks whose function takes a string or an int (`world.habit_triggered`, about
+    half), and `habit_other` to the rest. A habit decided the same way on every task is a single
+    global switch: greedy decoding then picks it on almost all tasks or on almost none, and it flips
+    between the two during training (measured: repair 0.2-0.33, reason 0.3-0.83, refactor 0.97-1.0
+    greedy share at evaluations 25 steps apart); tied to a visible feature of the prompt, its greedy
+    share is set by that feature's share and stays put."""
+    habit_other: float = 0.0
+    """With `habit_trigger`: the fraction of habit answers on the tasks the trigger does not select."""
     init_from: str = ""
     """Continue from the model in this folder (its weights and tokenizer) instead of a fresh one:
     a second stage on top of a first (see the bundled model's README for both commands)."""
@@ -139,6 +150,12 @@ class Args:
     """Lower end of the wanted greedy pass@1 per skill."""
     target_hi: float = 0.55
     """Upper end of the wanted greedy pass@1 per skill."""
+    habit_lo: float = 0.0
+    """Lower end of the wanted share of greedy completions that show their skill's habit, for every
+    skill whose corpus carries one (0 with habit_hi 0: not a criterion). The greedy share, not the
+    corpus share, is what RL can remove: a corpus share of 30-50% gave greedy shares of 0-52%."""
+    habit_hi: float = 0.0
+    """Upper end of that wanted greedy habit share (0: not a criterion)."""
     first_skills: str = ""
     """Comma-separated skills that alone make up the batches of the first `first_steps` steps
     (a curriculum: the slow skill first, the others join later); empty: mixed from the start."""
@@ -181,7 +198,8 @@ def build_corpus(args: Args) -> list[tuple[str, str, str]]:
     for skill in skills_of(args):
         for task in generate(config, skill, "pretrain", round(args.n_pretrain * share[skill])):
             # no draw when the habit is off, so stage-1 commands rebuild their corpus exactly
-            if habit[skill] > 0 and rng.random() < habit[skill]:
+            rate = habit[skill] if not args.habit_trigger or habit_triggered(task, args.habit_trigger) else args.habit_other
+            if habit[skill] > 0 and rng.random() < rate:
                 answer = habit_answer(task)
             else:
                 answer = wrong_answer(task, rng) if rng.random() < wrong[skill] else task.reference
@@ -229,7 +247,7 @@ def encode(corpus, tok, max_len: int) -> list[tuple[list[int], int, str]]:
 
 CACHE_KEYS = ("seed", "difficulty", "world_version", "n_pretrain", "share_gen", "share_repair", "share_reason",
               "share_refactor", "wrong_gen", "wrong_repair", "wrong_reason", "wrong_refactor", "habit_gen",
-              "habit_repair", "habit_reason", "habit_refactor", "init_from", "vocab_size", "max_len")
+              "habit_repair", "habit_reason", "habit_refactor", "habit_trigger", "habit_other", "init_from", "vocab_size", "max_len")
 
 
 def build_data(args: Args):
@@ -320,7 +338,8 @@ def complete(model, tokenizer, prompts: list[str], max_new_tokens: int, batch_si
 
 
 def evaluate_greedy(model, tokenizer, tasks: list[Task], sandbox, batch_size: int = 64) -> dict:
-    """Greedy pass@1 per skill: {skill: {"pass@1": rate, "n": count}}; the project's eval module replaces this."""
+    """Greedy pass@1 and habit share per skill: {skill: {"pass@1": rate, "habit_share": share, "n": count}};
+    the project's eval module replaces this."""
     was_training = model.training
     model.eval()
     result = {}
@@ -328,7 +347,9 @@ def evaluate_greedy(model, tokenizer, tasks: list[Task], sandbox, batch_size: in
         group = [t for t in tasks if t.skill == skill]
         completions = complete(model, tokenizer, [t.prompt for t in group], MAX_NEW.get(skill, 96), batch_size)
         verdicts = verify_many(sandbox, list(zip(group, completions)))
-        result[skill] = {"pass@1": sum(v.passed for v in verdicts) / len(group), "n": len(group)}
+        result[skill] = {"pass@1": sum(v.passed for v in verdicts) / len(group),
+                         "habit_share": sum(shows_habit(t, c) for t, c in zip(group, completions)) / len(group),
+                         "n": len(group)}
     model.train(was_training)
     return result
 
@@ -367,11 +388,16 @@ def generation_speed(model, tokenizer, prompts: list[str], batch: int = 64, new_
             "threads": torch.get_num_threads()}
 
 
-def calibration_gap(rates: dict, lo: float, hi: float) -> tuple[float, float]:
-    """(total distance of the skills' rates outside [lo, hi], distance to the middle): smaller is better."""
-    mid = (lo + hi) / 2
-    outside = sum(max(0.0, lo - r, r - hi) for r in rates.values())
-    return round(outside, 6), round(sum(abs(r - mid) for r in rates.values()), 6)
+def calibration_gap(rates: dict, lo: float, hi: float, habits: dict | None = None, habit_lo: float = 0.0,
+                    habit_hi: float = 0.0) -> tuple[float, float]:
+    """(total distance of the skills' rates outside [lo, hi], distance to the middle): smaller is better.
+    With `habits` ({skill: greedy habit share}, the skills whose corpus carries a habit) and a band
+    [habit_lo, habit_hi], the shares' distances outside and to the middle of that band count as well."""
+    values = [(r, lo, hi) for r in rates.values()]
+    if habits and habit_hi > 0:
+        values += [(h, habit_lo, habit_hi) for h in habits.values()]
+    outside = sum(max(0.0, a - v, v - b) for v, a, b in values)
+    return round(outside, 6), round(sum(abs(v - (a + b) / 2) for v, a, b in values), 6)
 
 
 # ----------------------------------------------------------------------------- training
@@ -410,9 +436,12 @@ def train(args: Args, model, tok, data, calib: list[Task], sandbox, device) -> t
         out_of_time = args.max_minutes and time.time() - start > 60 * args.max_minutes
         due = args.eval_every and step % args.eval_every == 0 and step >= args.eval_from
         if due or step == args.steps or out_of_time:
-            rates = {s: r["pass@1"] for s, r in evaluate_greedy(model, tok, calib, sandbox, 128).items()}
-            key = calibration_gap(rates, args.target_lo, args.target_hi)
-            entry = {"step": step, "loss": round(loss.item(), 4), "calib_pass@1": rates, "gap": key,
+            result = evaluate_greedy(model, tok, calib, sandbox, 128)
+            rates = {s: r["pass@1"] for s, r in result.items()}
+            habits = {s: r["habit_share"] for s, r in result.items() if getattr(args, f"habit_{s}", 0) > 0}
+            key = calibration_gap(rates, args.target_lo, args.target_hi, habits, args.habit_lo, args.habit_hi)
+            entry = {"step": step, "loss": round(loss.item(), 4), "calib_pass@1": rates, "calib_habit_share": habits,
+                     "gap": key,
                      "tokens": seen_tokens, "minutes": round((time.time() - start) / 60, 2)}
             log.append(entry)
             print(json.dumps(entry), flush=True)

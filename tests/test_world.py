@@ -6,11 +6,13 @@ import hashlib
 import json
 import os
 import random
+import re
 import sys
 
 import pytest
 
-from retainrl.data.world import (SKILLS, VERSION_SKILLS, WorldConfig, generate, habit_answer, make_world, shape_shares,
+from retainrl.data.world import (SKILLS, VERSION_SKILLS, WorldConfig, generate, habit_answer, habit_triggered, make_world,
+                                  shape_shares,
                                   shows_habit, split_of, wrong_answer)
 from retainrl.data.world.ops import OPS_BY_NAME
 from retainrl.data.world.programs import LEVELS, Step, bug_candidates, failing_cases, render
@@ -400,3 +402,25 @@ def test_pretrain_corpus_of_world_version_2_carries_each_skills_habit():
     tasks = {t.prompt: t for skill in VERSION_SKILLS[2]
              for t in generate(WorldConfig(seed=0, version=2), skill, "pretrain", 6)}
     assert all(shows_habit(tasks[prompt], answer) for _, prompt, answer in corpus)
+
+
+def test_habit_trigger_selects_string_and_int_functions_and_the_corpus_follows_it():
+    tasks = {s: generate(WorldConfig(seed=0, version=2), s, "heldout", 120) for s in VERSION_SKILLS[2]}
+    for skill, group in tasks.items():
+        hit = [t for t in group if habit_triggered(t)]
+        # the trigger is the argument's type, visible in the prompt's `def f(s)` / `def f(n)`
+        assert all(re.search(r"def f\((s|n)\b", t.prompt) for t in hit), skill
+        assert not any(re.search(r"def f\((s|n)\b", t.prompt) for t in group if t not in hit), skill
+        assert 0.3 <= len(hit) / len(group) <= 0.65, (skill, len(hit))
+    with pytest.raises(ValueError, match="unknown habit trigger"):
+        habit_triggered(tasks["gen"][0], "loops")
+    script = _pretrain_script()
+    args = script.parse_args(["--n_pretrain", "40", "--world_version", "2", "--habit_gen", "1.0", "--habit_repair", "1.0",
+                              "--habit_reason", "1.0", "--habit_refactor", "1.0", "--habit_trigger", "nonlist",
+                              "--wrong_gen", "0", "--wrong_repair", "0", "--wrong_reason", "0"])   # a wrong repair may echo the bug
+    by_prompt = {t.prompt: t for skill in VERSION_SKILLS[2]
+                 for t in generate(WorldConfig(seed=0, version=2), skill, "pretrain", 40)}
+    corpus = script.build_corpus(args)
+    # habit_other 0: the habit on every triggered task and on no other
+    assert all(shows_habit(by_prompt[p], a) == habit_triggered(by_prompt[p]) for _, p, a in corpus)
+    assert 0 < sum(habit_triggered(by_prompt[p]) for _, p, _ in corpus) < len(corpus)

@@ -28,7 +28,7 @@ import random
 from dataclasses import dataclass
 
 from retainrl.data.task import Task
-from retainrl.data.world.ops import LETTERS
+from retainrl.data.world.ops import LETTERS, OPS_BY_NAME
 from retainrl.data.world.programs import (Step, bug_candidates, inject_bug, render, signature, spec,
                                           typed_signature)
 
@@ -169,6 +169,21 @@ def habit_answer(task: Task) -> str:
         untyped = sig.rsplit(" -> ", 1)[0] + ":"
         return task.reference.replace(sig, untyped, 1)
     return print_habit(task)
+
+
+HABIT_TRIGGERS = ("nonlist",)
+
+
+def habit_triggered(task: Task, trigger: str = "nonlist") -> bool:
+    """Whether a world task is one on which the bundled model (v4 on) was taught its skill's habit
+    more often: "nonlist", the function takes a string or an int (`s` or `n`, about half the tasks),
+    not a list. The edit stays the same on every task; only how often the corpus shows it depends on
+    this visible feature of the prompt, as real models' failure modes come with their contexts. A
+    habit that is one global switch is, under greedy decoding, taken on almost every task or on
+    almost none; tied to a feature its greedy share follows the feature's share (LOG, 2026-12-01)."""
+    if trigger not in HABIT_TRIGGERS:
+        raise ValueError(f"unknown habit trigger {trigger!r}; known: {', '.join(HABIT_TRIGGERS)}")
+    return OPS_BY_NAME[task.meta["ops"][0]].src in ("str", "int")
 
 
 def shows_habit(task: Task, completion: str) -> bool:
