@@ -6,12 +6,24 @@ over every rank; in a single process they are the identity, so callers never bra
 Flat vectors: a list of parameters is packed as one (d,) vector, parameter after parameter in
 list order, each flattened row-major (`pack`); `unpack` is its inverse on the same list. The
 skill-safe projection works on these vectors; gradients are all-reduced as one of them.
+
+Sharded parameters (FSDP2 `fully_shard`: each parameter and its .grad are DTensors of which a
+rank holds one shard): flat_grad / flat_params / set_grads / set_params work on this rank's
+local shards, so a flat vector is this rank's piece of the global one (the pieces of all ranks
+together are a permutation of it, so a sum over d of a product of two such vectors is the local
+sum all-reduced: `all_sum_tensor`). FSDP's reduce-scatter has already averaged .grad over the
+ranks, so `mean_grad` leaves a sharded gradient alone where it all-reduces a replicated one.
 """
 
 from __future__ import annotations
 
 import torch
 import torch.distributed as dist
+
+try:
+    from torch.distributed.tensor import DTensor
+except ImportError:  # a torch built without distributed support: nothing is ever sharded
+    DTensor = ()
 
 
 # ----------------------------------------------------------------------------------------
@@ -40,6 +52,14 @@ def all_max(values: list[float]) -> list[float]:
     return _all_reduce_list(values, dist.ReduceOp.MAX)
 
 
+def all_sum_tensor(x: torch.Tensor) -> torch.Tensor:
+    """Sum over ranks of a tensor (a new tensor; identity in a single process)."""
+    if is_active():
+        x = x.clone()
+        dist.all_reduce(x, op=dist.ReduceOp.SUM)
+    return x
+
+
 def allreduce_mean(x: torch.Tensor) -> torch.Tensor:
     """Mean over ranks of a tensor (a new tensor; identity in a single process)."""
     if is_active():
@@ -47,6 +67,18 @@ def allreduce_mean(x: torch.Tensor) -> torch.Tensor:
         dist.all_reduce(x, op=dist.ReduceOp.SUM)
         x /= dist.get_world_size()
     return x
+
+
+def is_sharded(params) -> bool:
+    """Whether the parameters are DTensors (FSDP2's fully_shard): flat vectors are local shards."""
+    return any(_is_dtensor(p) for p in params)
+
+
+def mean_grad(flat: torch.Tensor, params) -> torch.Tensor:
+    """The mean over ranks of a flat gradient of `params` computed by every rank: all-reduced for
+    replicated parameters (under DDP a backward through the unwrapped model is not reduced), as
+    it is for sharded ones (FSDP's reduce-scatter averaged it during the backward)."""
+    return flat if is_sharded(params) else allreduce_mean(flat)
 
 
 def sum_gradients(params: list[torch.nn.Parameter]) -> None:
@@ -82,28 +114,43 @@ def unpack(flat: torch.Tensor, like) -> list[torch.Tensor]:
     return out
 
 
+def _is_dtensor(t) -> bool:
+    return isinstance(t, DTensor)
+
+
+def _local(t: torch.Tensor) -> torch.Tensor:
+    """This rank's shard of a DTensor (a view of its storage), else the tensor itself."""
+    return t.to_local() if _is_dtensor(t) else t
+
+
 def grads_or_zeros(params) -> list[torch.Tensor]:
-    return [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
+    """Each parameter's .grad (its local shard when sharded), zeros where it is None."""
+    return [_local(p.grad) if p.grad is not None else torch.zeros_like(_local(p.detach())) for p in params]
 
 
 def flat_grad(params) -> torch.Tensor:
-    """(d,) float32 gradient of `params` (zeros where .grad is None)."""
+    """(d,) float32 gradient of `params` (zeros where .grad is None; local shards when sharded)."""
     return pack(grads_or_zeros(params), torch.float32)
 
 
 def flat_params(params) -> torch.Tensor:
-    """(d,) float32 detached values of `params`."""
-    return pack([p.detach() for p in params], torch.float32)
+    """(d,) float32 detached values of `params` (local shards when sharded)."""
+    return pack([_local(p.detach()) for p in params], torch.float32)
 
 
 def set_grads(params, flat: torch.Tensor) -> None:
-    """Each p.grad <- its piece of `flat` (a fresh tensor, p's dtype)."""
-    for p, piece in zip(params, unpack(flat, params)):
-        p.grad = piece.clone()
+    """Each p.grad <- its piece of `flat` (a fresh tensor, p's dtype; a DTensor of p's layout when sharded)."""
+    for p, piece in zip(params, unpack(flat, [_local(p.detach()) for p in params])):
+        if _is_dtensor(p):
+            p.grad = DTensor.from_local(piece.clone(), p.device_mesh, p.placements, run_check=False,
+                                        shape=p.shape, stride=p.stride())
+        else:
+            p.grad = piece.clone()
 
 
 @torch.no_grad()
 def set_params(params, flat: torch.Tensor) -> None:
-    """Each parameter's values <- its piece of `flat`, in place."""
-    for p, piece in zip(params, unpack(flat, params)):
-        p.copy_(piece)
+    """Each parameter's values (its local shard when sharded) <- its piece of `flat`, in place."""
+    locals_ = [_local(p) for p in params]
+    for t, piece in zip(locals_, unpack(flat, locals_)):
+        t.copy_(piece)

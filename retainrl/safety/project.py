@@ -81,6 +81,13 @@ Cost: two float64 passes over G (three with `project_with_info`) plus a d-indepe
 measured on one H100, d = 5e7 float32, S = 8: 24 ms per `project`, peak extra memory one
 float64 chunk (S x 2^20). CPU and CUDA results agree to 1e-11 relative.
 
+Sharded vectors (`sharded=True`, FSDP2): g and G are this rank's shards of vectors split over
+the ranks of the default process group (the same columns of each). Every pass over d is a sum,
+so each rank sums its own columns and the S x S Gram matrix, G g, <g, g>, ||delta||^2 and G delta
+are all-reduced (one small all-reduce each); the d-independent solve then runs identically on
+every rank and each rank forms its own columns of delta = g + G^T lam. Nothing of size d
+crosses ranks. `project_sequential` has no sharded form.
+
 Not differentiable (runs under no_grad): its inputs are gradients. float64 is required on the
 device of g (CUDA and CPU have it; MPS does not).
 """
@@ -93,6 +100,8 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+
+from retainrl.parallel import all_sum_tensor
 
 MAX_EXACT = 8          # largest S solved by active-set enumeration
 _CHUNK = 1 << 20       # columns per float64 block in the streaming passes over d
@@ -122,8 +131,9 @@ def _check_inputs(g: torch.Tensor, G: torch.Tensor) -> torch.Tensor:
     return G
 
 
-def _gram(g: torch.Tensor, G: torch.Tensor) -> tuple[np.ndarray, np.ndarray, float]:
-    """K = G G^T (S, S), b = G g (S,), <g, g>; float64, streamed over column chunks of d."""
+def _gram(g: torch.Tensor, G: torch.Tensor, sharded: bool = False) -> tuple[np.ndarray, np.ndarray, float]:
+    """K = G G^T (S, S), b = G g (S,), <g, g>; float64, streamed over column chunks of d (and
+    summed over ranks when the columns are sharded)."""
     S, d = G.shape
     K = torch.zeros(S, S, dtype=torch.float64, device=g.device)
     b = torch.zeros(S, dtype=torch.float64, device=g.device)
@@ -134,6 +144,10 @@ def _gram(g: torch.Tensor, G: torch.Tensor) -> tuple[np.ndarray, np.ndarray, flo
         K += Gc @ Gc.T
         b += Gc @ gc
         gg += gc @ gc
+    if sharded:
+        S = K.shape[0]
+        total = all_sum_tensor(torch.cat([K.reshape(-1), b, gg[None]]))
+        K, b, gg = total[:S * S].reshape(S, S), total[S * S:S * S + S], total[-1]
     K, b, gg = K.cpu().numpy(), b.cpu().numpy(), float(gg)
     K = 0.5 * (K + K.T)                    # gemm need not return an exactly symmetric product
     if not (np.isfinite(K).all() and np.isfinite(b).all() and np.isfinite(gg)):
@@ -141,7 +155,7 @@ def _gram(g: torch.Tensor, G: torch.Tensor) -> tuple[np.ndarray, np.ndarray, flo
     return K, b, gg
 
 
-def _combine(g: torch.Tensor, G: torch.Tensor, lam: np.ndarray) -> tuple[torch.Tensor, float]:
+def _combine(g: torch.Tensor, G: torch.Tensor, lam: np.ndarray, sharded: bool = False) -> tuple[torch.Tensor, float]:
     """delta = g + G^T lam (d,) in g's dtype, accumulated in float64; also ||delta|| (float64)."""
     lam_t = torch.as_tensor(lam, dtype=torch.float64, device=g.device)  # (S,)
     out = torch.empty_like(g)
@@ -151,15 +165,17 @@ def _combine(g: torch.Tensor, G: torch.Tensor, lam: np.ndarray) -> tuple[torch.T
         chunk = g[i:i + _CHUNK].to(torch.float64) + lam_t @ Gc         # (chunk,)
         sq += chunk @ chunk
         out[i:i + _CHUNK] = chunk.to(g.dtype)
+    if sharded:
+        sq = all_sum_tensor(sq)
     return out, float(sq) ** 0.5
 
 
-def _dots(G: torch.Tensor, x: torch.Tensor) -> np.ndarray:
-    """G x (S,) in float64, streamed over d."""
+def _dots(G: torch.Tensor, x: torch.Tensor, sharded: bool = False) -> np.ndarray:
+    """G x (S,) in float64, streamed over d (summed over ranks when sharded)."""
     acc = torch.zeros(G.shape[0], dtype=torch.float64, device=x.device)
     for i in range(0, x.shape[0], _CHUNK):
         acc += G[:, i:i + _CHUNK].to(device=x.device, dtype=torch.float64) @ x[i:i + _CHUNK].to(torch.float64)
-    return acc.cpu().numpy()
+    return (all_sum_tensor(acc) if sharded else acc).cpu().numpy()
 
 
 def _eps_vector(eps, S: int, mode: str, g_norm: float, row_norms: np.ndarray) -> np.ndarray:
@@ -281,10 +297,10 @@ class _Solution:
 
 
 @torch.no_grad()
-def _project(g, G, eps, eps_mode, max_exact, tol, max_iter) -> _Solution:
+def _project(g, G, eps, eps_mode, max_exact, tol, max_iter, sharded=False) -> _Solution:
     G = _check_inputs(g, G)
     S = G.shape[0]
-    K, b, gg = _gram(g, G)
+    K, b, gg = _gram(g, G, sharded)
     norms = np.sqrt(np.diag(K).clip(min=0.0))                        # (S,)
     e = _eps_vector(eps, S, eps_mode, gg ** 0.5, norms)
     if S == 0 or np.all(b + e >= 0):
@@ -307,14 +323,15 @@ def _project(g, G, eps, eps_mode, max_exact, tol, max_iter) -> _Solution:
         solver = "hildreth"
     lam = np.zeros(S)
     lam[keep] = mu * gn / n                                            # back to caller units
-    delta, delta_norm = _combine(g, G, lam)
+    delta, delta_norm = _combine(g, G, lam, sharded)
     if delta_norm <= _ZERO_TOL * (gn + float(np.sum(lam * norms))):
         delta.zero_()                                                  # exact answer is 0
     return _Solution(delta, lam, e, b, K, gg, solver, it, r)
 
 
 def project(g: torch.Tensor, G: torch.Tensor, eps=0.0, *, eps_mode: str = "absolute",
-            max_exact: int = MAX_EXACT, tol: float = 1e-12, max_iter: int = 10_000) -> torch.Tensor:
+            max_exact: int = MAX_EXACT, tol: float = 1e-12, max_iter: int = 10_000,
+            sharded: bool = False) -> torch.Tensor:
     """Minimum-change update that harms no protected skill beyond its slack.
 
     g: (d,) proposed update. G: (S, d) protected skills' gradients (same sign convention as g).
@@ -324,11 +341,13 @@ def project(g: torch.Tensor, G: torch.Tensor, eps=0.0, *, eps_mode: str = "absol
     max_exact: largest number of binding-capable constraints solved by exact enumeration;
          above it the Hildreth solver runs to KKT residual `tol` (relative units) or `max_iter`
          sweeps.
+    sharded: g and G are this rank's columns of vectors split over the ranks (module docstring);
+         the result is this rank's columns of delta.
     Returns delta (d,), g's dtype and device:
         argmin ||delta - g||^2  s.t.  <g_s, delta> >= -eps_s  for all s.
     g itself (cloned, bit-for-bit) when it is already feasible.
     """
-    return _project(g, G, eps, eps_mode, max_exact, tol, max_iter).delta
+    return _project(g, G, eps, eps_mode, max_exact, tol, max_iter, sharded).delta
 
 
 # ---------------------------------------------------------------------------------------------
@@ -392,13 +411,15 @@ def _cosines(K: np.ndarray, b: np.ndarray, gg: float) -> tuple[np.ndarray, np.nd
 
 @torch.no_grad()
 def project_with_info(g: torch.Tensor, G: torch.Tensor, eps=0.0, *, eps_mode: str = "absolute",
-                      max_exact: int = MAX_EXACT, tol: float = 1e-12,
-                      max_iter: int = 10_000) -> tuple[torch.Tensor, ProjectionInfo]:
+                      max_exact: int = MAX_EXACT, tol: float = 1e-12, max_iter: int = 10_000,
+                      sharded: bool = False) -> tuple[torch.Tensor, ProjectionInfo]:
     """`project` plus diagnostics: returns (delta (d,), ProjectionInfo). One extra pass over d."""
     G = _check_inputs(g, G)
-    sol = _project(g, G, eps, eps_mode, max_exact, tol, max_iter)
-    after = _dots(G, sol.delta)
+    sol = _project(g, G, eps, eps_mode, max_exact, tol, max_iter, sharded)
+    after = _dots(G, sol.delta, sharded)
     diff = torch.linalg.vector_norm(sol.delta.to(torch.float64) - g.to(torch.float64))
+    if sharded:
+        diff = all_sum_tensor(diff.square()) ** 0.5
     rel = float(diff) / sol.gg ** 0.5 if sol.gg > 0 else 0.0
     cos_G, cos_g = _cosines(sol.K, sol.b, sol.gg)
     t = lambda a: torch.as_tensor(a, dtype=torch.float64)  # noqa: E731
