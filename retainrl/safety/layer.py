@@ -61,6 +61,14 @@ every input it needs as an argument, so any trainer can call it:
    is merged into the prompt's own row (the tighter slack), so a prompt has at most two rows.
    Constrained per prompt ("each"), not summed: the sum of rank-one terms is a genuine
    quadratic constraint that the linear QP cannot hold exactly.
+   Reused rows (`rows_every` = k > 1): the expensive part of a builder (the memory's forward +
+   backward: skill_mean's surrogate gradient, prompt_ll*'s per-prompt gradients and values) is
+   computed at step c and reused for steps c .. c + k - 1 (`SafetyLayer.cached_rows`), the row
+   gradients as they were at theta_c (stale by at most k - 1 steps of drift) and their values
+   moved to first order, J(theta_t) ~= J(theta_c) + <grad J, theta_t - theta_c>, so budgets and
+   the trust region still see the drift since c (to first order; the measured drift returns at
+   the next recomputation). A memory refresh recomputes at once. The slacks, the projection and
+   the diagnostics run every step; only the forward + backward is amortised over k steps.
 3. Under torch.distributed g and every row are all-reduced (mean) before projecting, so every
    rank projects the same vectors and applies the same update.
 4. space="grad": d* = project(g, G, eps) is written into .grad and the optimizer steps. With SGD
@@ -217,15 +225,22 @@ def skill_mean_rows(layer: "SafetyLayer", policy, params, sandbox, step: int, sk
     """One row per skill: -grad J_s of its memory surrogate on the next batch of memory prompts."""
     cfg = layer.cfg
     rows_used, G_rows, J_before = {}, [], {}
-    for s in skills:  # one extra backward per protected skill
+    for s in skills:  # one extra backward per protected skill (every rows_every steps)
         mem = layer.refresh_if_due(policy, sandbox, step, s)
-        rows = mem.batch_rows(cfg.batch_prompts)
-        for p in params:
-            p.grad = None
-        J = mem.surrogate(policy, rows, cfg.is_clip)
-        (-J).backward()
-        G_rows.append(allreduce_mean(flat_grad(params)))
-        rows_used[s], J_before[s] = rows, float(J.detach())
+
+        def compute(mem=mem):
+            rows = mem.batch_rows(cfg.batch_prompts)
+            for p in params:
+                p.grad = None
+            J = mem.surrogate(policy, rows, cfg.is_clip)
+            (-J).backward()
+            return rows, allreduce_mean(flat_grad(params)), float(J.detach())
+
+        (rows, row, J), shift = layer.cached_rows(s, step, params, mem.refreshed_at, compute)
+        if shift is not None:  # a reused row (-grad J at theta_c): J moved to now to first order
+            J -= float(row.double() @ shift)
+        G_rows.append(row)
+        rows_used[s], J_before[s] = rows, J
 
     @torch.no_grad()
     def J_after(s: str) -> float:
@@ -245,11 +260,21 @@ def _answer_terms(layer: "SafetyLayer", policy, params, sandbox, step: int, s: s
     J (P + H,) float64, reward gradients (P + H, d) rank-averaged), or None without answers."""
     cfg = layer.cfg
     mem = layer.refresh_if_due(policy, sandbox, step, s)
-    prompts, held = mem.next_prompts(cfg.batch_prompts), mem.heldout_prompts()
-    if not prompts:  # no prompt of this skill has ever been answered correctly: nothing to keep
+
+    def compute():
+        prompts, held = mem.next_prompts(cfg.batch_prompts), mem.heldout_prompts()
+        if not prompts:  # no prompt of this skill has ever been answered correctly: nothing to keep
+            return None
+        J, grads = mem.values_and_grads(policy, params, prompts + held)
+        return prompts, held, J, allreduce_mean(grads)
+
+    terms, shift = layer.cached_rows(s, step, params, mem.refreshed_at, compute)
+    if terms is None:
         return None
-    J, grads = mem.values_and_grads(policy, params, prompts + held)
-    return mem, prompts, held, J, allreduce_mean(grads)
+    prompts, held, J, grads = terms
+    if shift is not None:  # reused gradients (at theta_c): J moved to now to first order
+        J = J + grads.double() @ shift
+    return mem, prompts, held, J, grads
 
 
 def _anchor_values(layer: "SafetyLayer", policy, params, s: str, prompts: list[int]) -> torch.Tensor:
@@ -456,6 +481,21 @@ class SafetyLayer:
         self.reference: dict[str, float] = {}
         self.triggered: dict[str, bool] = {}
         self.events: list[dict] = []
+        self.row_cache: dict[str, tuple] = {}        # skill -> (step, memory refresh, theta_c, builder terms)
+
+    def cached_rows(self, skill: str, step: int, params, refreshed_at: int, compute: Callable[[], object]):
+        """(terms, shift): `compute()`'s result for `skill`, recomputed when rows_every steps have
+        passed since it was computed, the memory was refreshed since, or there is none; otherwise
+        the stored one with shift = theta_t - theta_c (d,) float64 for moving its values to now
+        (shift None: computed at this step)."""
+        every = getattr(self.cfg, "rows_every", 1)
+        hit = self.row_cache.get(skill)
+        if every > 1 and hit is not None and hit[1] == refreshed_at and 0 <= step - hit[0] < every:
+            return hit[3], (flat_params(params) - hit[2]).double()
+        terms = compute()
+        if every > 1:
+            self.row_cache[skill] = (step, refreshed_at, flat_params(params), terms)
+        return terms, None
 
     def memory(self, skill: str) -> SkillMemory:
         if skill not in self.memories:
@@ -601,7 +641,8 @@ class SafetyLayer:
                 "answer_memories": {s: {k: getattr(m, k) for k in ("tasks", "heldout", "answers", "cursor",
                                                                     "refreshed_at", "pass_rate")}
                                     for s, m in self.answer_memories.items()},
-                "anchor": self.anchor, "anchor_for": list(self.anchor_for) if self.anchor_for is not None else None}
+                "anchor": self.anchor, "anchor_for": list(self.anchor_for) if self.anchor_for is not None else None,
+                "row_cache": self.row_cache}
 
     def load_state(self, state: dict) -> None:
         self.reference, self.triggered, self.events = state["reference"], state["triggered"], state["events"]
@@ -613,6 +654,7 @@ class SafetyLayer:
             m = self.answer_memory(s)
             for k, v in d.items():
                 setattr(m, k, list(v) if k in ("tasks", "heldout", "answers") else v)
+        self.row_cache = dict(state.get("row_cache") or {})
         if state.get("anchor") is not None:
             self.anchor = state["anchor"]
             self.anchor_for = tuple(state["anchor_for"]) if state.get("anchor_for") is not None else None

@@ -158,6 +158,12 @@ class SafetyConfig:
                                     check=lambda v: 0 < v <= 1, must="be in (0, 1]")
     subspace_max_rank: int = option(4, "prompt_ll_subspace: at most this many directions per skill.",
                                     check=lambda v: v >= 1, must="be >= 1")
+    rows_every: int = option(
+        1, "Recompute the protected rows (per protected skill one extra forward + backward over its memory) every "
+           "this many steps and reuse them in between, each row's J moved to the current parameters to first order "
+           "(J + grad J . (theta_now - theta_then)); the memory prompts do not rotate while rows are reused, and a "
+           "memory refresh always recomputes. 1: every step (the rows are never stale).",
+        check=lambda v: v >= 1, must="be >= 1")
     trust_region: float = option(
         0.0, "prompt_ll*: a trust region on the memory prompts, the KL to the phase-start policy on each prompt's "
              "answers at most this many nats per token, from the second-order model 1/2 (J_p(now) - J_p(phase start) "
