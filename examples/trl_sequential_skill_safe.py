@@ -96,7 +96,8 @@ def run_method(method: str, args, world, sandbox, out_dir: Path) -> dict:
             print(f"  [{method}] before training: {R[-1]}", flush=True)
         if method == "skill_safe" and phase > 0:
             attach_skill_safety(trainer, protected=list(PHASES[:phase]), memory_tasks=train, sandbox=sandbox,
-                                eps=0.0, refresh_every=5, memory_prompts=16, memory_samples=4, batch_prompts=8)
+                                eps=0.0, refresh_every=5, memory_prompts=16, memory_samples=4, batch_prompts=8,
+                                rows_every=1, measure_realised=True)  # the demo's settings, not the defaults
         trainer.train()
         R.append(evaluate_skills(trainer, heldout, sandbox))
         logs += [{"phase": skill, **h} for h in trainer.state.log_history]

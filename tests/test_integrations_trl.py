@@ -179,25 +179,44 @@ def trained_params(trainer):
     return flat_params([p for p in trainer.model.parameters() if p.requires_grad])
 
 
-@pytest.mark.parametrize("accumulation", [1, 2])
-def test_hooks_once_per_step_and_constraint_holds(tiny, sandbox, accumulation):
+@pytest.mark.parametrize("accumulation,constraint", [(1, "skill_mean"), (2, "skill_mean"), (1, "prompt_ll")])
+def test_hooks_once_per_step_and_constraint_holds(tiny, sandbox, accumulation, constraint):
     rec = Recorder()
     trainer = make_trainer(tiny, sandbox, accumulation, steps=3, recorder=rec)
-    cb = attach_skill_safety(trainer, ["b"], {"b": B_TASKS}, sandbox, eps=0.0, refresh_every=1, **MEMORY)
+    cb = attach_skill_safety(trainer, ["b"], {"b": B_TASKS}, sandbox, eps=0.0, refresh_every=1, rows_every=1,
+                             constraint=constraint, **MEMORY)
     rec.safety = cb
     trainer.train()
     assert trainer.state.global_step == 3
     assert rec.pre == rec.post == 3 and cb.hooks.calls == {"before": 3, "after": 3}
     projected = 0
     for applied, G, h in zip(rec.applied, rec.rows, cb.history):
-        assert G is not None and G.shape == (1, applied.numel())
-        change = float(-(G.double() @ applied.double()))  # first-order change of J_b, measured on the parameters
-        assert change >= -1e-6 * float(G.norm() * applied.norm()) - 1e-12, (h["step"], change)
+        assert G is not None and G.shape[1] == applied.numel()
+        assert G.shape[0] == (1 if constraint == "skill_mean" else MEMORY["batch_prompts"])  # a row per prompt
+        change = -(G.double() @ applied.double())  # first-order change of each row's J, measured on the parameters
+        assert bool((change >= -1e-6 * float(G.norm() * applied.norm()) - 1e-12).all()), (h["step"], change)
         projected += int(h["skill_safe/projected"])
     assert projected >= 1  # the conflict is real: the test would see an unprojected step fail
     logged = {k for entry in trainer.state.log_history for k in entry}
+    memory_key = "skill_safe/memory_reward/b" if constraint == "skill_mean" else "skill_safe/memory_pass/b"
     assert {"rewards/a/mean", "rewards/b/mean", "skill_safe/num_protected", "skill_safe/num_active",
-            "skill_safe/predicted_dJ/b", "skill_safe/memory_reward/b"} <= logged
+            "skill_safe/predicted_dJ/b", memory_key} <= logged
+
+
+def test_rows_every_reuses_rows_until_a_refresh(tiny, sandbox):
+    """safety rows_every=2 through the callback: rows built at steps 0 and 2, reused (the same G)
+    at step 1 and rebuilt at once at step 3's memory refresh; the constraint holds against the
+    rows used."""
+    rec = Recorder()
+    trainer = make_trainer(tiny, sandbox, steps=4, recorder=rec)
+    cb = attach_skill_safety(trainer, ["b"], {"b": B_TASKS}, sandbox, eps=0.0, refresh_every=3, rows_every=2,
+                             **MEMORY)
+    rec.safety = cb
+    trainer.train()
+    assert torch.equal(rec.rows[0], rec.rows[1])
+    assert not torch.equal(rec.rows[1], rec.rows[2]) and not torch.equal(rec.rows[2], rec.rows[3])
+    for applied, G in zip(rec.applied, rec.rows):
+        assert float(-(G.double() @ applied.double())) >= -1e-6 * float(G.norm() * applied.norm()) - 1e-12
 
 
 def test_inactive_constraint_is_bit_identical(tiny, sandbox):
@@ -212,21 +231,35 @@ def test_inactive_constraint_is_bit_identical(tiny, sandbox):
     assert not torch.equal(trained_params(plain), trained_params(make_trainer(tiny, sandbox, steps=0)))
 
 
-def test_refuses_deepspeed_and_bad_arguments(tiny, sandbox):
+def test_refuses_deepspeed_fsdp1_and_bad_arguments(tiny, sandbox):
     trainer = make_trainer(tiny, sandbox, steps=1)
     with pytest.raises(ValueError, match="no memory tasks"):
         attach_skill_safety(trainer, ["b"], {"a": A_TASKS}, sandbox)
     trainer.is_deepspeed_enabled = True
     with pytest.raises(UnsupportedSetup, match="inside accelerator.backward"):
         attach_skill_safety(trainer, ["b"], {"b": B_TASKS}, sandbox)
+    import types
+
+    trainer.is_deepspeed_enabled, trainer.is_fsdp_enabled = False, True
+    trainer.accelerator = types.SimpleNamespace(distributed_type="DistributedType.FSDP", is_fsdp2=False)
+    with pytest.raises(UnsupportedSetup, match="FSDP1 is not supported: it flattens"):
+        attach_skill_safety(trainer, ["b"], {"b": B_TASKS}, sandbox)
+    trainer.accelerator.is_fsdp2 = True  # FSDP2 passes the check; per-prompt rows have no sharded form
+    with pytest.raises(UnsupportedSetup, match="no sharded form"):
+        attach_skill_safety(trainer, ["b"], {"b": B_TASKS}, sandbox, constraint="prompt_ll")
 
 
 # ----------------------------------------------------------------------------- equals retainrl's own layer
 
-def test_hooks_around_a_step_equal_the_layers_step(tiny, sandbox):
+@pytest.mark.parametrize("constraint,budget", [("skill_mean", "step"), ("prompt_ll", "step"), ("prompt_ll", "phase"),
+                                               ("prompt_ll_subspace", "step")])
+def test_hooks_around_a_step_equal_the_layers_step(tiny, sandbox, constraint, budget):
     """Same model, memory, seed, gradient: SafetyLayer.step (which takes the step itself) and
-    before(); optimizer.step(); after() give the same active constraints and the same parameters."""
-    cfg = SafetyConfig(enabled=True, eps=0.0, eps_mode="absolute", refresh_every=1, **MEMORY)
+    before(); optimizer.step(); after() give the same rows, the same active constraints and the
+    same parameters, for every constraint type (per-prompt answer likelihood too, and its phase
+    budget), and the applied step keeps every row's first-order change >= -eps."""
+    cfg = SafetyConfig(enabled=True, eps=0.0, eps_mode="absolute", refresh_every=1, constraint=constraint,
+                       budget=budget, **MEMORY)
     sampling = SamplingConfig(max_new_tokens=8)
 
     def fresh():
@@ -242,9 +275,9 @@ def test_hooks_around_a_step_equal_the_layers_step(tiny, sandbox):
         torch.nn.init.normal_(p.data, std=0.3)
     init = flat_params(params)
     rows = probe.build_rows(probe, policy, params, sandbox, 0, ["b"]).G
-    # a step along -g changes J_b by about <-G_b, -g> = <G_b, g> < 0 here: a conflict
+    assert rows.shape[0] >= 1 and float(rows.norm()) > 0
+    # a step along -g changes J of row 0 by about <-G_0, -g> = <G_0, g> < 0 here: a conflict
     g = -rows[0] + 0.3 * rows[0].norm() * torch.randn_like(rows[0]) / rows[0].numel() ** 0.5
-    assert float(rows.norm()) > 0
 
     results = []
     for mode in ("layer", "hooks"):
@@ -253,28 +286,31 @@ def test_hooks_around_a_step_equal_the_layers_step(tiny, sandbox):
         set_grads(params, g)
         if mode == "layer":
             m = layer.step(params, opt, policy, sandbox, 0, ["b"])
+            G, eps = None, None
         else:
             hooks = SkillSafeStep(layer, ["b"], sandbox, policy, prefix="safety")
             hooks.before(params, 0)
+            cons = hooks.pending["cons"]
+            G, eps = cons.G, cons.eps
             opt.step()
             m = hooks.after(params)
-        results.append((flat_params(params), m))
-    (p_layer, m_layer), (p_hooks, m_hooks) = results
-    assert m_layer["safety/num_active"] == m_hooks["safety/num_active"] == 1.0
+        results.append((flat_params(params), m, G, eps))
+    (p_layer, m_layer, _, _), (p_hooks, m_hooks, G, eps) = results
+    assert torch.equal(G, rows)  # the hooks' rows are the layer's (same memory, seeds, parameters)
+    assert m_layer["safety/num_active"] == m_hooks["safety/num_active"] >= 1.0
+    assert m_layer["safety/num_rows"] == m_hooks["safety/num_rows"] == float(rows.shape[0])
     assert torch.allclose(p_layer, p_hooks, atol=1e-7, rtol=0)
-    # the binding constraint: dJ_b = 0 up to float32 rounding of the flat vectors, on both sides
-    for m in (m_layer, m_hooks):
-        assert abs(m["safety/predicted_dJ/b"]) < 1e-6 * float(rows.norm() * (p_layer - init).norm())
-    assert float((p_layer - init).norm()) > 0
+    step = p_hooks - init
+    assert float(step.norm()) > 0
+    for applied in (step, p_layer - init):  # every row: <grad J_k, applied> >= -eps_k (float32 rounding)
+        change = -(G.double() @ applied.double())
+        assert bool((change >= -eps - 1e-6 * float(G.norm() * applied.norm())).all()), (change, eps)
 
 
-# ----------------------------------------------------------------------------- 2-rank DDP (gloo, torchrun)
+# ----------------------------------------------------------------------------- 2-rank DDP / FSDP2 (gloo, torchrun)
 
-def test_ddp_two_ranks_apply_identical_parameters(tiny, tmp_path):
-    """torchrun, 2 CPU ranks, gloo: each rank generates its own half of the batch; DDP averages
-    .grad, the callback averages the rows, so both ranks project the same vectors and end with
-    bit-identical parameters, with the constraint holding for the applied steps."""
-    import json
+def run_worker(mode: str, model_dir, out_dir, ranks: int = 2) -> None:
+    """tests/trl_ddp_worker.py MODE under torchrun --standalone with `ranks` CPU ranks (1: plain python)."""
     import os
     import subprocess
     import sys
@@ -282,10 +318,20 @@ def test_ddp_two_ranks_apply_identical_parameters(tiny, tmp_path):
 
     root = Path(__file__).resolve().parents[1]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(root)}
-    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                           str(root / "tests" / "trl_ddp_worker.py"), str(tiny),
-                           str(tmp_path)], cwd=root, env=env, capture_output=True, text=True, timeout=300)
+    launch = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(ranks)] \
+        if ranks > 1 else [sys.executable]
+    proc = subprocess.run(launch + [str(root / "tests" / "trl_ddp_worker.py"), mode, str(model_dir), str(out_dir)],
+                          cwd=root, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
+
+
+def test_ddp_two_ranks_apply_identical_parameters(tiny, tmp_path):
+    """torchrun, 2 CPU ranks, gloo: each rank generates its own half of the batch; DDP averages
+    .grad, the callback averages the rows, so both ranks project the same vectors and end with
+    bit-identical parameters, with the constraint holding for the applied steps."""
+    import json
+
+    run_worker("trl", tiny, tmp_path)
     r0, r1 = (torch.load(tmp_path / f"rank{r}.pt") for r in (0, 1))
     assert r0["world"] == 2
     assert torch.equal(r0["params"], r1["params"])
@@ -296,6 +342,52 @@ def test_ddp_two_ranks_apply_identical_parameters(tiny, tmp_path):
         assert torch.equal(a0, a1)
         assert float(-(G.double() @ a0.double())) >= -1e-6 * float(G.norm() * a0.norm()) - 1e-12
     assert float(sum(a.norm() for a in r0["applied"])) > 0
+
+
+def _check_matches_one_process(runs: list[dict], one: dict, rows_too: bool) -> None:
+    """Every rank's applied steps equal, and equal to one process's on the global batch within
+    float32 reduction-order tolerance; the steps were projected and the constraint holds."""
+    assert one["world"] == 1 and all(r["world"] == 2 for r in runs)
+    for r in runs[1:]:
+        assert all(torch.equal(a, b) for a, b in zip(runs[0]["applied"], r["applied"]))
+        assert torch.equal(runs[0]["params"], r["params"])
+    r0 = runs[0]
+    assert len(r0["applied"]) == len(one["applied"]) == 2
+    for step, (a2, a1, p1, G1, m2, m1) in enumerate(zip(r0["applied"], one["applied"], one["proposed"], one["rows"],
+                                                     r0["metrics"], one["metrics"])):
+        assert m2["skill_safe/num_active"] == m1["skill_safe/num_active"] == 1.0, step
+        assert m1["skill_safe/projected"] == m2["skill_safe/projected"] == 1.0, step
+        assert float((a1 - p1).norm()) > 1e-3 * float(p1.norm())          # the projection changed the step
+        assert float((a2 - a1).norm()) <= 1e-4 * float(a1.norm()), (step, float((a2 - a1).norm()), float(a1.norm()))
+        for a in (a1, a2):  # <grad J_b, step> >= -tol on the one-process rows, for both runs' steps
+            assert float(-(G1.double() @ a.double())) >= -1e-5 * float(G1.norm() * a.norm()), step
+        assert m2["skill_safe/predicted_dJ/b"] == pytest.approx(m1["skill_safe/predicted_dJ/b"],
+                                                               abs=1e-5 * float(G1.norm() * a1.norm()))
+        if rows_too:
+            assert torch.allclose(r0["rows"][step], G1, rtol=1e-4, atol=1e-6 * float(G1.norm()))
+    assert float((r0["params"] - one["params"]).norm()) <= 1e-4 * float(one["params"].norm())
+
+
+def test_ddp_hooks_match_one_process_on_the_global_batch(tiny, tmp_path):
+    """The hooks' part of "DDP matches one process": the same global batch split over 2 gloo
+    ranks (torch DDP averages .grad) and run whole in one process gives the same projected steps
+    (TRL's own per-rank sampling differs from one process's, so the check is at this level)."""
+    run_worker("hooks", tiny, tmp_path, ranks=2)
+    run_worker("hooks", tiny, tmp_path, ranks=1)
+    runs = [torch.load(tmp_path / f"hooks_w2_rank{r}.pt") for r in (0, 1)]
+    _check_matches_one_process(runs, torch.load(tmp_path / "hooks_w1_rank0.pt"), rows_too=True)
+
+
+def test_fsdp2_hooks_match_one_process_on_the_global_batch(tiny, tmp_path):
+    """FSDP2 (fully_shard, gloo, 2 CPU ranks): LoRA parameters and .grad are DTensor shards; the
+    rows, the projection and the write-back run on the local shards with all-reduced dot
+    products, and the gathered steps equal one process's on the global batch."""
+    run_worker("fsdp", tiny, tmp_path, ranks=2)
+    run_worker("hooks", tiny, tmp_path, ranks=1)
+    runs = [torch.load(tmp_path / f"fsdp_w2_rank{r}.pt") for r in (0, 1)]
+    _check_matches_one_process(runs, torch.load(tmp_path / "hooks_w1_rank0.pt"), rows_too=False)
+    assert all(r0.shape[1] < r1.shape[1] for r0, r1 in zip(runs[0]["rows"], torch.load(
+        tmp_path / "hooks_w1_rank0.pt")["rows"]))  # the rows really were shard-local
 
 
 def test_plain_transformers_trainer_gets_the_metrics_in_log_history(tiny, sandbox, tmp_path):

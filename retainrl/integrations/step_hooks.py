@@ -13,6 +13,8 @@ cut at that point, with the same parts and the same numbers:
       3. rows G (K, d) and slacks from the layer's constraint builder (CONSTRAINTS, e.g.
          "skill_mean": -grad J_s of each memory surrogate, rank-averaged); the builder's backward
          replaces .grad, so the loop's gradient tensors are put back afterwards, untouched.
+         With the layer's rows_every = k > 1 (SafetyConfig) the builder reuses its forward +
+         backward for k steps (the rows as they were up to k - 1 steps ago; layer.py).
       4. space "grad": g is projected now and written to .grad. space "step": the parameters
          theta are snapshotted.
   optimizer.step()       (the loop's own; Adam's moments see the target gradient)
@@ -23,6 +25,13 @@ cut at that point, with the same parts and the same numbers:
       When the projection leaves the step unchanged (no active constraint) nothing is written:
       the step is bit-identical to the loop without the hooks.
       Diagnostics are the layer's (predicted and realised dJ_s, cosines), under `prefix`.
+
+Sharded parameters (FSDP2 `fully_shard`, DTensors): every flat vector is this rank's local
+shard (retainrl.parallel), .grad is already averaged by FSDP's reduce-scatter, the rows' backward
+goes through the sharded model (each rank computes the same memory rows, so the averaged shard
+is the row's shard), and the projection and diagnostics sum their dot products over the ranks
+(project.py `sharded`): each rank projects and writes back its own shard of the same step.
+"skill_mean" rows only (the layer refuses prompt_ll* on sharded parameters).
 
 Random state: everything the hooks do (memory sampling, surrogate forwards) runs under
 torch.random.fork_rng, so the host loop's random stream (its own generation) is the same with
@@ -36,7 +45,7 @@ from typing import Callable, ContextManager
 
 import torch
 
-from retainrl.parallel import flat_grad, flat_params, set_grads, set_params
+from retainrl.parallel import all_max, flat_grad, flat_params, set_grads, set_params
 from retainrl.safety.layer import SafetyLayer, project_update
 
 
@@ -95,7 +104,7 @@ class SkillSafeStep:
         cfg = self.layer.cfg
         pending = {"skills": skills, "g": g, "cons": cons}
         if cfg.space == "grad":
-            d, pm = project_update(g, cons.G, cons.eps, cons.eps_mode, cfg.solver)
+            d, pm = project_update(g, cons.G, cons.eps, cons.eps_mode, cfg.solver, cons.sharded)
             if not torch.equal(d, g):
                 set_grads(params, d)
             pending["pm"] = pm
@@ -117,21 +126,30 @@ class SkillSafeStep:
         cfg, cons, before = self.layer.cfg, pending["cons"], pending["before"]
         proposed = flat_params(params) - before
         if cfg.space == "step":
-            u, pm = project_update(-proposed, cons.G, cons.eps, cons.eps_mode, cfg.solver)
+            u, pm = project_update(-proposed, cons.G, cons.eps, cons.eps_mode, cfg.solver, cons.sharded)
             if torch.equal(u, -proposed):
                 applied = proposed
             else:
                 set_params(params, before - u)
                 applied = -u
+            changed = float(not torch.equal(applied, proposed))
+            # sharded: a rank whose columns the projection left alone still took a projected step
+            projected = all_max([changed])[0] if cons.sharded else changed
         else:
             applied, pm = proposed, pending["pm"]
-        metrics[f"{p}/projected"] = float(not torch.equal(applied, proposed)) if cfg.space == "step" else \
-            float(pm.get("proj/num_active", 0.0) > 0)
-        for i, s in enumerate(cons.owners):  # the projection's per-row keys are s0, s1, ...
-            pm = {k.replace(f"/s{i}", f"/{s}") if k.endswith(f"/s{i}") else k: v for k, v in pm.items()}
+            projected = float(pm.get("proj/num_active", 0.0) > 0)
+        metrics[f"{p}/projected"] = projected
+        if len(set(cons.owners)) == len(cons.owners):  # one row per skill: per-row keys s0, s1, ... named by skill
+            for i, s in enumerate(cons.owners):
+                pm = {k.replace(f"/s{i}", f"/{s}") if k.endswith(f"/s{i}") else k: v for k, v in pm.items()}
         metrics.update({k.replace("proj/", f"{p}/", 1): v for k, v in pm.items()})
-        for s in skills:
-            metrics[f"{p}/memory_reward/{s}"] = self.layer.memories[s].mean_reward
+        if "proj/num_active" in pm and cons.G.shape[0]:
+            metrics[f"{p}/active_frac"] = pm["proj/num_active"] / cons.G.shape[0]
+        for s in skills:  # the memory the constraint used (GRPO rollouts or verified answers), as the layer logs it
+            if s in self.layer.memories:
+                metrics[f"{p}/memory_reward/{s}"] = self.layer.memories[s].mean_reward
+            if s in self.layer.answer_memories:
+                metrics[f"{p}/memory_pass/{s}"] = self.layer.answer_memories[s].pass_rate
         with self._rng(), torch.no_grad():
             diag = self.layer._diagnostics(pending["g"], cons, applied)
         metrics.update({k.replace("safety/", f"{p}/", 1): v for k, v in diag.items()})

@@ -20,10 +20,14 @@ retainrl's own trainer), and the step Adam actually took is projected and writte
 
 Distributed: under DDP `.grad` is already averaged over ranks in these hooks; the rows are
 computed through the unwrapped model (no DDP sync) and averaged with retainrl.parallel, so
-every rank projects the same vectors and applies the same parameters. Refused, with the reason:
+every rank projects the same vectors and applies the same parameters. Under FSDP2 (accelerate
+fsdp_version 2: fully_shard, DTensor parameters) each rank works on its own shards and the
+projection's dot products are all-reduced (step_hooks; "skill_mean" rows only). The hooks are
+tested with fully_shard on 2 gloo CPU ranks; the TRL + accelerate FSDP2 path itself is not (on
+CPU accelerate 1.15 ignores the fsdp settings and runs DDP). Refused, with the reason:
 DeepSpeed (the optimizer step happens inside `accelerator.backward`, so there is no point
-between the gradient and the update to project at) and FSDP (sharded parameters need
-shard-local dot products plus an all-reduce, not implemented here).
+between the gradient and the update to project at) and FSDP1 (flattened FlatParameters, not
+per-parameter shards).
 
 Metrics: `skill_safe/*` (num_protected, num_active, rel_change, predicted_dJ/<skill>,
 realised_dJ/<skill>, memory_reward/<skill>, cos/...) go into TRL's own metric store, so TRL
@@ -56,7 +60,7 @@ class UnsupportedSetup(RuntimeError):
 
 
 def check_supported(trainer) -> None:
-    """Raise UnsupportedSetup for DeepSpeed and FSDP, saying why."""
+    """Raise UnsupportedSetup for DeepSpeed and FSDP1, saying why."""
     acc = getattr(trainer, "accelerator", None)
     kind = str(getattr(acc, "distributed_type", "")).upper()
     if getattr(trainer, "is_deepspeed_enabled", False) or "DEEPSPEED" in kind:
@@ -65,10 +69,11 @@ def check_supported(trainer) -> None:
             "accelerator.backward(), so there is no moment between the gradient and the update where the step "
             "could be projected (the on_pre/on_optimizer_step hooks see an already-updated model). "
             "Use DDP (torchrun / accelerate multi-GPU without DeepSpeed).")
-    if getattr(trainer, "is_fsdp_enabled", False) or "FSDP" in kind:
+    if (getattr(trainer, "is_fsdp_enabled", False) or "FSDP" in kind) and not getattr(acc, "is_fsdp2", False):
         raise UnsupportedSetup(
-            "attach_skill_safety: FSDP is not supported yet: sharded parameters need shard-local dot products "
-            "plus an all-reduce for the projection, which this callback does not implement. Use DDP.")
+            "attach_skill_safety: FSDP1 is not supported: it flattens the parameters into FlatParameters, so the "
+            "trainable tensors the callback sees are not per-parameter shards it can project on. Use FSDP2 "
+            "(fsdp_config fsdp_version: 2; DTensor shards, shard-local dot products plus an all-reduce) or DDP.")
 
 
 class SkillSafetyCallback(TrainerCallback):
@@ -156,6 +161,17 @@ def evaluate_skills(trainer, heldout: dict[str, list[Task]], sandbox, max_new_to
     return {s: r["pass@1"] for s, r in out.items()}
 
 
+# attach_skill_safety's defaults where they differ from SafetyConfig's (retainrl's own runs),
+# chosen so that a TRL step with 2 protected skills costs <= 1.15x a plain one on the bundled
+# model (benchmarks/trl_skill_safe_overhead.py, docs/LOG.md): a smaller memory than the default
+# (8 prompts, 4 per estimate); rows_every=5: each skill's row (one forward + backward over its
+# memory batch, the callback's cost on every step that is not a refresh) is recomputed every 5
+# steps and reused in between (an approximation: the constraint holds for grad J_s at the parameters of up to 4
+# steps ago; rows_every=1 is the exact per-step constraint, about 0.19 of a plain step here);
+# the realised-change diagnostic (one more forward per skill, no effect on the step) is opt-in.
+ATTACH_DEFAULTS = {"memory_prompts": 8, "batch_prompts": 4, "rows_every": 5, "measure_realised": False}
+
+
 def attach_skill_safety(trainer, protected: list[str], memory_tasks, sandbox, eps: float = 0.0,
                         refresh_every: int = 10, *, eps_mode: str | None = None, sampling: SamplingConfig | None = None,
                         **safety) -> SkillSafetyCallback:
@@ -167,7 +183,13 @@ def attach_skill_safety(trainer, protected: list[str], memory_tasks, sandbox, ep
     refresh_every and **safety: SafetyConfig fields (memory_prompts, memory_samples,
     batch_prompts, space, solver, is_clip, measure_realised, trigger, tau, trigger_source,
     eps_per_skill; eps_mode: default SafetyConfig's, as in retainrl's own runs); sampling: memory
-    rollout sampling (default: the trainer's temperature, top_p and max_completion_length). Seeds come from trainer.args.seed."""
+    rollout sampling (default: the trainer's temperature, top_p and max_completion_length). Seeds come from trainer.args.seed.
+    Defaults that differ from SafetyConfig's (ATTACH_DEFAULTS, for a <= 1.15x step): memory_prompts=8,
+    batch_prompts=4 (x memory_samples=4 rows per estimate), refresh_every=10, rows_every=5 (rows
+    reused for up to 4 steps: pass rows_every=1 for the exact per-step constraint),
+    measure_realised=False (pass True for the realised_dJ/* diagnostic: one more forward per skill
+    per step)."""
+    safety = {**ATTACH_DEFAULTS, **safety}
     check_supported(trainer)
     if not protected:
         raise ValueError("attach_skill_safety: no protected skills given")
@@ -187,6 +209,9 @@ def attach_skill_safety(trainer, protected: list[str], memory_tasks, sandbox, ep
         raise ValueError("attach_skill_safety: trigger=True needs trigger_source='memory' (the callback has no "
                          "evaluation curves)")
     layer = SafetyLayer(cfg, memory_tasks, sampling or _sampling_of(trainer.args), seed=int(trainer.args.seed))
+    if getattr(getattr(trainer, "accelerator", None), "is_fsdp2", False) and layer.constraint != "skill_mean":
+        raise UnsupportedSetup(f"attach_skill_safety: constraint={layer.constraint} has no sharded form under FSDP2 "
+                               f"(its per-prompt gradients are formed from whole layer weights); use skill_mean")
     hooks = SkillSafeStep(layer, protected, sandbox, trainer_policy(trainer), lambda: generation_policy(trainer))
     callback = SkillSafetyCallback(trainer, hooks)
     trainer.add_callback(callback)

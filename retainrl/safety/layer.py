@@ -70,7 +70,11 @@ every input it needs as an argument, so any trainer can call it:
    the next recomputation). A memory refresh recomputes at once. The slacks, the projection and
    the diagnostics run every step; only the forward + backward is amortised over k steps.
 3. Under torch.distributed g and every row are all-reduced (mean) before projecting, so every
-   rank projects the same vectors and applies the same update.
+   rank projects the same vectors and applies the same update. With sharded parameters (FSDP2:
+   DTensors, flat vectors are each rank's local shard; parallel.py) the gradients are already
+   averaged by FSDP, and the projection and the diagnostics sum their dot products over ranks
+   (project.py, `sharded`); only "skill_mean" rows have a sharded form (the per-prompt
+   gradients of prompt_ll* are formed from whole layer weights).
 4. space="grad": d* = project(g, G, eps) is written into .grad and the optimizer steps. With SGD
    that is the guarantee; with Adam the preconditioner changes the direction afterwards (the
    cheap, approximate mode).
@@ -97,7 +101,8 @@ from typing import Callable
 
 import torch
 
-from retainrl.parallel import all_sum, allreduce_mean, flat_grad, flat_params, set_grads, set_params
+from retainrl.parallel import (all_sum, all_sum_tensor, allreduce_mean, flat_grad, flat_params, is_sharded,
+                               mean_grad, set_grads, set_params)
 from retainrl.safety.estimates import AnswerMemory, SkillMemory
 from retainrl.safety.project import project_sequential, project_with_info
 from retainrl.seeds import derive_seed
@@ -148,16 +153,20 @@ def trigger_on(reference: float, current: float, tau: float) -> bool:
 # ----------------------------------------------------------------------------------------
 # the step: projection against rows, in gradient or step space
 # ----------------------------------------------------------------------------------------
-def project_update(g: torch.Tensor, G: torch.Tensor, eps: torch.Tensor | float, eps_mode: str, solver: str):
-    """(projected (d,), metrics) of g against rows of G, exact or sequential."""
+def project_update(g: torch.Tensor, G: torch.Tensor, eps: torch.Tensor | float, eps_mode: str, solver: str,
+                   sharded: bool = False):
+    """(projected (d,), metrics) of g against rows of G, exact or sequential (sharded: g and G are
+    this rank's columns, project.py)."""
     if G.shape[0] == 0:
         return g, {"proj/num_active": 0.0, "proj/rel_change": 0.0}
     if solver == "sequential":
+        if sharded:
+            raise ValueError("safety.solver=sequential has no sharded (FSDP) form; use solver=exact")
         d = project_sequential(g, G, eps, eps_mode=eps_mode)
         _, info = project_with_info(d, G, eps if eps_mode == "absolute" else 0.0)
         rel = float((d - g).norm() / g.norm()) if g.norm() > 0 else 0.0
         return d, {"proj/rel_change": rel, "proj/left_violated": float((info.violation_before > 1e-9).sum())}
-    d, info = project_with_info(g, G, eps, eps_mode=eps_mode)
+    d, info = project_with_info(g, G, eps, eps_mode=eps_mode, sharded=sharded)
     return d, info.metrics()
 
 
@@ -183,22 +192,31 @@ def safe_step(params, opt, g: torch.Tensor, G: torch.Tensor, eps, eps_mode: str,
 
 
 @torch.no_grad()
-def step_geometry(G: torch.Tensor, step: torch.Tensor) -> dict[str, float]:
+def step_geometry(G: torch.Tensor, step: torch.Tensor, sharded: bool = False) -> dict[str, float]:
     """How much of `step` (d,) lies in the span of the rows of G (K, d), in float64:
     protected_share = ||P_G step||^2 / ||step||^2 (P_G the orthogonal projector onto the row
     span, from the K x K Gram matrix: (G s)^T (G G^T)^+ (G s)) and max_abs_cos = max_k
-    |cos(G_k, step)|; both 0 for a zero step or no rows."""
+    |cos(G_k, step)|; both 0 for a zero step or no rows. sharded: the columns are this rank's
+    (the dot products are summed over ranks)."""
     out = {"safety/num_rows": float(G.shape[0])}
-    sd, ss = step.double(), float(step.double() @ step.double())
+    Gd, sd = G.double(), step.double()
+    gram = _gram_of(torch.cat([Gd, sd[None]]), sharded)                  # (K + 1, K + 1)
+    ss = float(gram[-1, -1])
     if G.shape[0] == 0 or ss == 0:
         return {**out, "safety/protected_share": 0.0, "safety/max_abs_cos": 0.0}
-    Gd = G.double()
-    a = Gd @ sd                                                           # (K,)
-    K = Gd @ Gd.T
+    a = gram[:-1, -1]                                                     # (K,) = G step
+    K = gram[:-1, :-1]
     share = float(a @ torch.linalg.pinv(K, hermitian=True, rtol=1e-12) @ a) / ss
-    norms = Gd.norm(dim=1).clamp(min=1e-300)
+    norms = K.diagonal().sqrt().clamp(min=1e-300)
     return {**out, "safety/protected_share": min(1.0, max(0.0, share)),
             "safety/max_abs_cos": float((a.abs() / (norms * ss ** 0.5)).max())}
+
+
+def _gram_of(vecs: torch.Tensor, sharded: bool) -> torch.Tensor:
+    """vecs vecs^T in float64 (the local columns' product summed over ranks when sharded)."""
+    v = vecs.double()
+    gram = v @ v.T
+    return all_sum_tensor(gram) if sharded else gram
 
 
 # ----------------------------------------------------------------------------------------
@@ -218,6 +236,7 @@ class Constraints:
     heldout: dict[str, tuple[torch.Tensor, float]] = field(default_factory=dict)  # skill -> (-grad J_ho, J_ho)
     heldout_after: Callable[[str], float] | None = None
     extra: dict[str, float] = field(default_factory=dict)  # builder metrics (budgets, ranks)
+    sharded: bool = False                          # G's columns are this rank's shard (FSDP2)
     after: Callable[[torch.Tensor], dict[str, float]] | None = None  # applied step -> builder diagnostics
 
 
@@ -234,11 +253,12 @@ def skill_mean_rows(layer: "SafetyLayer", policy, params, sandbox, step: int, sk
                 p.grad = None
             J = mem.surrogate(policy, rows, cfg.is_clip)
             (-J).backward()
-            return rows, allreduce_mean(flat_grad(params)), float(J.detach())
+            return rows, mean_grad(flat_grad(params), params), float(J.detach())
 
         (rows, row, J), shift = layer.cached_rows(s, step, params, mem.refreshed_at, compute)
         if shift is not None:  # a reused row (-grad J at theta_c): J moved to now to first order
-            J -= float(row.double() @ shift)
+            dot = row.double() @ shift
+            J -= float(all_sum_tensor(dot) if is_sharded(params) else dot)
         G_rows.append(row)
         rows_used[s], J_before[s] = rows, J
 
@@ -248,7 +268,8 @@ def skill_mean_rows(layer: "SafetyLayer", policy, params, sandbox, step: int, sk
 
     per = cfg.eps_per_skill or {}
     eps = torch.tensor([float(per.get(s, cfg.eps)) for s in skills], dtype=torch.float64)
-    return Constraints(torch.stack(G_rows), eps, cfg.eps_mode, list(skills), J_before, J_after)
+    return Constraints(torch.stack(G_rows), eps, cfg.eps_mode, list(skills), J_before, J_after,
+                       sharded=is_sharded(params))
 
 
 def _eps_of(cfg, s: str) -> float:
@@ -259,6 +280,9 @@ def _answer_terms(layer: "SafetyLayer", policy, params, sandbox, step: int, s: s
     """Skill s's answer memory at this step: (memory, constraint prompts, held-out prompts,
     J (P + H,) float64, reward gradients (P + H, d) rank-averaged), or None without answers."""
     cfg = layer.cfg
+    if is_sharded(params):
+        raise ValueError(f"safety.constraint={layer.constraint}: per-prompt gradients are formed from whole layer "
+                         f"weights and have no sharded (FSDP) form; use constraint=skill_mean under FSDP")
     mem = layer.refresh_if_due(policy, sandbox, step, s)
 
     def compute():
@@ -605,7 +629,7 @@ class SafetyLayer:
         mean of its row objectives): predicted and realised change of J_s, cosines; over all
         rows: active fraction, share of the step in their span, largest |cos| with a row."""
         out = dict(cons.extra)
-        out.update(step_geometry(cons.G, applied))
+        out.update(step_geometry(cons.G, applied, cons.sharded))
         if cons.after is not None:
             out.update(cons.after(applied))
         skills = list(cons.skill_rows) if cons.skill_rows else list(dict.fromkeys(cons.owners))
@@ -613,8 +637,11 @@ class SafetyLayer:
             return out
         rows = torch.stack([cons.skill_rows[s].double() if cons.skill_rows else
                             cons.G[[i for i, o in enumerate(cons.owners) if o == s]].double().mean(0) for s in skills])
+        # every dot product below, from one Gram matrix of [g, skill rows, applied] (summed over
+        # ranks when the columns are shards)
+        gram = _gram_of(torch.cat([g[None].double(), rows, applied[None].double()]), cons.sharded)
         for i, s in enumerate(skills):
-            out[f"safety/predicted_dJ/{s}"] = float(-(rows[i] @ applied.double()))
+            out[f"safety/predicted_dJ/{s}"] = float(-gram[1 + i, -1])
             if self.cfg.measure_realised and cons.J_after is not None:
                 out[f"safety/realised_dJ/{s}"] = cons.J_after(s) - cons.J_before[s]
             if s in cons.heldout:
@@ -623,9 +650,9 @@ class SafetyLayer:
                 if self.cfg.measure_realised and cons.heldout_after is not None:
                     out[f"safety/heldout_realised_dJ/{s}"] = cons.heldout_after(s) - J0
         names = ["target"] + skills
-        vecs = torch.cat([g[None].double(), rows])
-        norms = vecs.norm(dim=1).clamp(min=1e-30)
-        cos = (vecs @ vecs.T) / (norms[:, None] * norms[None, :])
+        vg = gram[:-1, :-1]
+        norms = vg.diagonal().sqrt().clamp(min=1e-30)
+        cos = vg / (norms[:, None] * norms[None, :])
         for i in range(len(names)):
             for j in range(i + 1, len(names)):
                 out[f"safety/cos/{names[i]}~{names[j]}"] = float(cos[i, j])
