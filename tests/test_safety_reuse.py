@@ -1,7 +1,7 @@
 """Protected rows reused across steps (safety.rows_every): the memory's forward + backward runs every k
-steps, in between the rows are the stored gradients and their values are moved to the current
-parameters to first order. By hand on a linear and a quadratic stand-in for J, and a checkpoint round
-trip of the stored rows."""
+steps, in between the rows are the stored gradients and (prompt_ll*) their values are measured again.
+By hand on a linear and a quadratic stand-in for J, a checkpoint round trip of the stored rows, and
+kill-and-resume of a tiny run."""
 
 from __future__ import annotations
 
@@ -52,23 +52,22 @@ def test_linear_J_reused_rows_are_exact_and_computed_every_k_steps():
     assert Counting.calls == 2                  # steps 0 and 3 (rows_every = 3)
 
 
-def test_quadratic_J_reused_rows_are_stale_and_values_first_order():
+def test_quadratic_J_reused_rows_are_stale_and_values_measured():
     # J_1 = theta_1 + ||theta||^2, J_2 = theta_2. Step 0 at theta = 0: rows g = I, values 0.
-    # D = (0, 1) passes -> theta = (0, 1). Step 1 reuses g = I (true g_1 is (1, 2) now) and moves J to
-    # J + g . shift = (0, 1) (true J_1 = 1): the budget row theta_1-direction reads J_1 = 0, so the
-    # step D = (-1, 0) is cut to (0, 0) by the *stale* row, where the fresh row (1, 2) . D >= -1 would allow it.
+    # D = (0, 1) passes -> theta = (0, 1). Step 1 reuses g = I (the fresh g_1 is (1, 2)) with the values
+    # measured now, J = (1, 1): budget rows 1 + D_1 >= 0 (stale; fresh: 1 + D_1 + 2 D_2 >= 0), 1 + D_2 >= 0.
+    # D = (-1.5, 0): the stale row projects it to (-1, 0); the fresh row to (-1.5, 0) + 0.1 (1, 2).
     layer, p = _layer([1.0, 0.0])
     _step(layer, p, [0.0, -1.0], 0)
     assert p.detach().tolist() == pytest.approx([0.0, 1.0])
-    m = _step(layer, p, [1.0, 0.0], 1)
+    m = _step(layer, p, [1.5, 0.0], 1)
     assert Counting.calls == 1
-    assert p.detach().tolist() == pytest.approx([0.0, 1.0], abs=1e-6)
-    assert m["safety/drift/gen"] == pytest.approx(0.5)            # first-order values (0, 1), not (1, 1)
-    # without reuse the fresh row (1, 2) with J_1 = 1 allows the whole step: 1 + (1, 2) . (-1, 0) = 0 >= 0
+    assert p.detach().tolist() == pytest.approx([-1.0, 1.0], abs=1e-6)
+    assert m["safety/drift/gen"] == pytest.approx(1.0)            # measured (1, 1), not first order (0, 1)
     fresh, q = _layer([1.0, 0.0], rows_every=1)
     _step(fresh, q, [0.0, -1.0], 0)
-    _step(fresh, q, [1.0, 0.0], 1)
-    assert Counting.calls == 2 and q.detach().tolist() == pytest.approx([-1.0, 1.0], abs=1e-6)
+    _step(fresh, q, [1.5, 0.0], 1)
+    assert Counting.calls == 2 and q.detach().tolist() == pytest.approx([-1.4, 1.2], abs=1e-6)
 
 
 def test_a_refresh_recomputes_at_once_and_the_rows_survive_a_checkpoint():
@@ -105,11 +104,18 @@ def test_kill_and_resume_with_reused_rows_gives_identical_metrics(tmp_path):
     _finish(_train(straight, *args))
     resumed = tmp_path / "resumed"
     proc = _train(resumed, *args)
-    metrics, deadline = resumed / "metrics.jsonl", time.monotonic() + 600
-    while time.monotonic() < deadline:
-        if metrics.exists() and any(json.loads(x).get("step") == 4 and json.loads(x)["kind"] == "train"
-                                    for x in metrics.read_text().splitlines() if x.strip()):
-            break
+    def step4_done() -> bool:
+        for line in metrics.read_text().splitlines() if metrics.exists() else []:
+            try:
+                r = json.loads(line)
+            except ValueError:   # a line being written
+                continue
+            if r.get("kind") == "train" and r.get("step") == 4:
+                return True
+        return False
+
+    metrics, deadline = resumed / "metrics.jsonl", time.monotonic() + 900
+    while time.monotonic() < deadline and not step4_done():
         time.sleep(0.1)
     os.kill(proc.pid, signal.SIGKILL)
     proc.communicate()

@@ -20,4 +20,7 @@ for d in sorted(glob.glob(sys.argv[1] + "/*_s[0-9]")):
           f"pred/real dJ {mean(g('safety/predicted_dJ/gen')):+.4f}/{mean(g('safety/realised_dJ/gen')):+.4f} "
           f"heldout pred/real {mean(hp):+.4f}/{mean(hr):+.4f} corr {corr:+.2f} "
           f"update_s p0/p1 {mean([r['time/update_s'] for r in recs if r['kind']=='train' and r['phase']==0]):.2f}/{mean(g('time/update_s')):.2f} "
-          f"drift_end {(g('safety/drift/gen') or [float('nan')])[-1]:+.4f} gen pass@1 by phase {gen}")
+          f"drift_end {(g('safety/drift/gen') or [float('nan')])[-1]:+.4f} gen pass@1 by phase {gen}"
+          + (f" trust kl pred/real max {max(g('safety/trust/kl_predicted/gen')):.5f}/"
+             f"{max(g('safety/trust/kl_realised/gen')):.5f} outside_frac {mean(g('safety/trust/outside_frac/gen')):.3f}"
+             if g("safety/trust/kl_realised/gen") else ""))

@@ -64,11 +64,14 @@ every input it needs as an argument, so any trainer can call it:
    Reused rows (`rows_every` = k > 1): the expensive part of a builder (the memory's forward +
    backward: skill_mean's surrogate gradient, prompt_ll*'s per-prompt gradients and values) is
    computed at step c and reused for steps c .. c + k - 1 (`SafetyLayer.cached_rows`), the row
-   gradients as they were at theta_c (stale by at most k - 1 steps of drift) and their values
-   moved to first order, J(theta_t) ~= J(theta_c) + <grad J, theta_t - theta_c>, so budgets and
-   the trust region still see the drift since c (to first order; the measured drift returns at
-   the next recomputation). A memory refresh recomputes at once. The slacks, the projection and
-   the diagnostics run every step; only the forward + backward is amortised over k steps.
+   gradients as they were at theta_c (stale by at most k - 1 steps of drift). The values: for
+   prompt_ll* measured at every step with one no-grad forward over the memory's answers (the
+   phase budget and the trust region are slacks on the level J_p(theta_t); moving it to first
+   order, J(theta_c) + <grad J, theta_t - theta_c>, was measured to drift from the true level
+   within a few steps: docs/LOG.md, session 5); for skill_mean, whose value is only the realised-
+   change diagnostic, moved to first order (no forward). A memory refresh recomputes at once.
+   The slacks, the projection and the diagnostics run every step; the backward (and for
+   skill_mean the forward) is amortised over k steps.
 3. Under torch.distributed g and every row are all-reduced (mean) before projecting, so every
    rank projects the same vectors and applies the same update. With sharded parameters (FSDP2:
    DTensors, flat vectors are each rank's local shard; parallel.py) the gradients are already
@@ -296,8 +299,8 @@ def _answer_terms(layer: "SafetyLayer", policy, params, sandbox, step: int, s: s
     if terms is None:
         return None
     prompts, held, J, grads = terms
-    if shift is not None:  # reused gradients (at theta_c): J moved to now to first order
-        J = J + grads.double() @ shift
+    if shift is not None:  # reused gradients (at theta_c), values measured now (budgets and trust need the level)
+        J = mem.values(policy, prompts + held)
     return mem, prompts, held, J, grads
 
 

@@ -160,9 +160,10 @@ class SafetyConfig:
                                     check=lambda v: v >= 1, must="be >= 1")
     rows_every: int = option(
         1, "Recompute the protected rows (per protected skill one extra forward + backward over its memory) every "
-           "this many steps and reuse them in between, each row's J moved to the current parameters to first order "
-           "(J + grad J . (theta_now - theta_then)); the memory prompts do not rotate while rows are reused, and a "
-           "memory refresh always recomputes. 1: every step (the rows are never stale).",
+           "this many steps and reuse them in between: the gradients as they were, the values measured again (one "
+           "no-grad forward; prompt_ll*) or moved to first order (skill_mean, where the value is only a "
+           "diagnostic); the memory prompts do not rotate while rows are reused, and a memory refresh always "
+           "recomputes. 1: every step (the rows are never stale).",
         check=lambda v: v >= 1, must="be >= 1")
     trust_region: float = option(
         0.0, "prompt_ll*: a trust region on the memory prompts, the KL to the phase-start policy on each prompt's "
