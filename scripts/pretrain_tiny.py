@@ -61,7 +61,7 @@ from retainrl.verify.sandbox import Sandbox  # noqa: E402
 
 EOS, PAD = "<|endoftext|>", "<|pad|>"
 CHAT_TEMPLATE = "{% for message in messages %}{{ message['content'] }}{% endfor %}"
-HABITS = {"gen": "`print(value)` for the final `return value`", "repair": "the buggy program returned unchanged",
+HABITS = {"gen": "`print(value)` for the final `return value`", "repair": "the fixed function renamed `f_fixed` (no entry point `f`)",
           "reason": "a trailing comma after the value (`[1, 2],`, a one-element tuple)", "refactor": "the return type hint left out"}
 MAX_NEW = {"gen": 96, "repair": 96, "reason": 24, "refactor": 96}   # greedy budget per skill in evaluation
 
@@ -98,7 +98,7 @@ class Args:
     """Fraction of `gen` answers written with the world's systematic bad habit (`world.habit_answer`:
     the final `return v` as `print(v)`); drawn before `wrong_gen`, which applies to the rest."""
     habit_repair: float = 0.0
-    """Fraction of `repair` answers with repair's habit (the buggy program returned unchanged)."""
+    """Fraction of `repair` answers with repair's habit (the fixed function renamed `f_fixed`)."""
     habit_reason: float = 0.0
     """Fraction of `reason` answers with reason's habit (a trailing comma: the value as a one-element tuple)."""
     habit_refactor: float = 0.0
@@ -169,6 +169,10 @@ class Args:
     """File holding the built corpus and tokenizer for these args (read if present, else written)."""
     max_minutes: float = 0.0
     """Stop training after this many minutes (0: no limit); recorded if it triggers."""
+    stop_at: int = 0
+    """Stop after this step (0: run all `steps`); the learning-rate schedule still spans `steps`.
+    Unlike `max_minutes` it does not depend on the machine's speed, so a command that stopped on
+    time is rerun exactly by giving the step it stopped at."""
     workers: int = 2
     """Sandbox worker processes for verification."""
     device: str = "auto"
@@ -433,7 +437,7 @@ def train(args: Args, model, tok, data, calib: list[Task], sandbox, device) -> t
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         seen_tokens += int(mask.sum())
-        out_of_time = args.max_minutes and time.time() - start > 60 * args.max_minutes
+        out_of_time = (args.max_minutes and time.time() - start > 60 * args.max_minutes) or step == args.stop_at
         due = args.eval_every and step % args.eval_every == 0 and step >= args.eval_from
         if due or step == args.steps or out_of_time:
             result = evaluate_greedy(model, tok, calib, sandbox, 128)
@@ -453,7 +457,7 @@ def train(args: Args, model, tok, data, calib: list[Task], sandbox, device) -> t
                 log.append({"stopped": "patience", "step": step})
                 break
         if out_of_time:
-            log.append({"stopped": "max_minutes", "step": step})
+            log.append({"stopped": "stop_at" if step == args.stop_at else "max_minutes", "step": step})
             break
     return best, log
 
@@ -496,6 +500,9 @@ def write_readme(out: str, info: dict) -> None:
             f"**Deliberate bad habits (world version {info.get('world_version', 1)}).** In the last stage's corpus a share "
             "of every skill's answers carries one generic failure, the same edit on every task and decided at one point "
             "of the answer (`world.habit_answer`): " + "; ".join(f"{k} {v:.0%}: {HABITS[k]}" for k, v in habits.items())
+            + (f" — these fractions on the tasks whose function takes a string or an int (`world.habit_triggered`), "
+               f"{info['args'].get('habit_other', 0):.0%} on the others"
+               if info["args"].get("habit_trigger") else "")
             + ". The model learns each as a mode that greedy decoding picks on some tasks; each always fails its verifier "
             "(status `failed`), so a verifiable reward can remove it on unseen tasks too, as RLVR removes format, "
             "echoing and signature failures of real code models. Much of each skill's room for RL is its habit: these "
@@ -520,7 +527,9 @@ def write_readme(out: str, info: dict) -> None:
         + (f", gen answers with the print-for-return habit: {info['habit_gen']:.0%}" if info.get("habit_gen") else ""),
         f"- schedule: {schedule(info['args'])}; kept checkpoint: step {info['kept_step']} "
         f"(greedy pass@1 on {info['args']['n_calib']} train-split tasks per skill: "
-        + ", ".join(f"{k} {v:.2f}" for k, v in sorted(info['kept_calib_pass@1'].items())) + ")",
+        + ", ".join(f"{k} {v:.2f}" for k, v in sorted(info['kept_calib_pass@1'].items()))
+        + ("; greedy habit share " + ", ".join(f"{k} {v:.2f}" for k, v in sorted(info['kept_calib_habit_share'].items()))
+           if info.get("kept_calib_habit_share") else "") + ")",
         f"- stopped early: {next((e['stopped'] for e in info['log'] if 'stopped' in e), 'no')}",
         "",
         "Command that produced these weights:",
@@ -667,6 +676,7 @@ def main(argv=None) -> None:
         "world_version": args.world_version,
         "corpus_texts": len(data), "corpus_median_tokens": lengths[len(lengths) // 2],
         "kept_step": kept["step"], "kept_calib_pass@1": kept["calib_pass@1"],
+        "kept_calib_habit_share": kept.get("calib_habit_share", {}),
         "heldout_greedy": greedy, "heldout_sampled_t1": sampled,
         "train_device": torch.cuda.get_device_name(0) if device.type == "cuda" else "cpu",
         "train_minutes": train_minutes, "torch": torch.__version__, "log": log,

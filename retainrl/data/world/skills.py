@@ -15,8 +15,8 @@ each other when one is trained after another.
 
 Habits (`habit_answer`): the pretraining corpus of the bundled model writes a share of each
 skill's answers with one generic, realistic failure, the same edit on every task, decided at one
-point of the answer: gen prints the result instead of returning it; repair returns the buggy
-program unchanged; reason writes the value with a trailing comma (`[1, 2],`: a one-element
+point of the answer: gen prints the result instead of returning it; repair renames the fixed
+function (`def f_fixed(...)`, so the entry point `f` is missing); reason writes the value with a trailing comma (`[1, 2],`: a one-element
 tuple, a wrongly formatted literal); refactor leaves out the return type hint. Each always fails
 its verifier with status "failed" (world values are never tuples).
 """
@@ -155,13 +155,16 @@ def habit_answer(task: Task) -> str:
     Unlike `wrong_answer` (a bug of the task at hand), a habit is the same edit on every task: a
     model pretrained with it as a mode has one generic behaviour that a verifiable reward can
     remove on all tasks at once, seen or not (scripts/pretrain_tiny.py --habit_gen etc.). Each
-    mirrors a failure real code models show: printing instead of returning, echoing the input
-    program, a wrongly formatted answer literal, dropping type hints. Each is decided at one
-    binary point of the answer (return or print; fix the bug site or copy it; end or add a comma;
-    `:` or ` -> type:`), so a model's share of it is set by one decision, the same on every task.
+    mirrors a failure real code models show: printing instead of returning, renaming the function
+    it was asked to fix (a missing entry point), a wrongly formatted answer literal, dropping type
+    hints. Each is decided at one binary point of the answer (return or print; `f(` or `f_fixed(`
+    right after `def `; end or add a comma; `:` or ` -> type:`), so a model's share of it is set
+    by one decision, the same on every task. (Repair's first habit, returning the buggy program
+    unchanged, was decided at the bug's line, a different place on every task, where copying or
+    fixing *is* the skill: RL did not move its greedy share, 0.235 -> 0.24 in 40 steps; LOG.)
     """
     if task.skill == "repair":
-        return task.meta["buggy"]
+        return task.reference.replace("def f(", "def f_fixed(", 1)
     if task.skill == "reason":
         return task.reference + ","
     if task.skill == "refactor":
@@ -188,11 +191,9 @@ def habit_triggered(task: Task, trigger: str = "nonlist") -> bool:
 
 def shows_habit(task: Task, completion: str) -> bool:
     """Whether a (raw, untrusted) completion of a world task shows its skill's habit: gen prints
-    and never returns, repair is the buggy program verbatim, reason is a one-element tuple, refactor
+    and never returns, repair defines `f_fixed` and no `f`, reason is a one-element tuple, refactor
     defines `f` without a return annotation. Text and AST only; unparsable code shows none."""
     text = completion.strip()
-    if task.skill == "repair":
-        return text == task.meta.get("buggy", "").strip()
     try:
         tree = ast.parse(text, mode="eval" if task.skill == "reason" else "exec")
     except (SyntaxError, ValueError, RecursionError, MemoryError):
@@ -205,6 +206,9 @@ def shows_habit(task: Task, completion: str) -> bool:
         return prints and not any(isinstance(n, ast.Return) and n.value is not None for n in nodes)
     if task.skill == "refactor":
         return any(isinstance(n, ast.FunctionDef) and n.name == "f" and n.returns is None for n in tree.body)
+    if task.skill == "repair":
+        names = {n.name for n in tree.body if isinstance(n, ast.FunctionDef)}
+        return "f_fixed" in names and "f" not in names
     return False
 
 
