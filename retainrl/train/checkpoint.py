@@ -128,9 +128,6 @@ def loads(data: bytes, path: Path | str = "<bytes>") -> dict:
     path = Path(path)
     if not data:
         raise CheckpointError(f"checkpoint {path} is empty (0 bytes)")
-    if data[:2] == b"PK" or data[:1] == b"\x80":
-        raise CheckpointError(f"checkpoint {path} is a pickle (torch.save) file; retainrl does not unpickle "
-                              f"checkpoints, since loading a pickle can run arbitrary code")
     try:
         n = int.from_bytes(data[:8], "little")
         if len(data) < 8 or n <= 0 or 8 + n > len(data):
@@ -139,6 +136,11 @@ def loads(data: bytes, path: Path | str = "<bytes>") -> dict:
         meta = header.get("__metadata__") or {}
         tensors = st_load(data)
     except Exception as e:  # noqa: BLE001 - any parse failure is damage
+        # only now look for a pickle's signature: a safetensors file whose header length is 128 mod 256
+        # also starts with 0x80 (nothing is unpickled either way; this only names the old format)
+        if data[:2] == b"PK" or data[:1] == b"\x80":
+            raise CheckpointError(f"checkpoint {path} is a pickle (torch.save) file; retainrl does not unpickle "
+                                  f"checkpoints, since loading a pickle can run arbitrary code") from None
         raise CheckpointError(f"checkpoint {path} is damaged or not a checkpoint "
                               f"({type(e).__name__}: {str(e)[:200]})") from None
     if meta.get("format") != FORMAT:
