@@ -117,7 +117,8 @@ def summary(root: Path) -> None:
         for path, r in load(f"{group}/*/summary.json"):
             by.setdefault(path.name.rsplit("-s", 1)[0], []).append(r)
         for key, rows in by.items():
-            print(f"\n## {group} {key} ({' -> '.join(rows[0]['phases'])}), n={len(rows)}")
+            phases = " -> ".join(p if isinstance(p, str) else "+".join(p) for p in rows[0]["phases"])
+            print(f"\n## {group} {key} ({phases}), n={len(rows)}")
             for r in rows:
                 print(f"  seed {r['seed']}: R {r['R']} gains {[round(g, 3) for g in r['target_gain']]} "
                       f"forgetting {r['forgetting']} worst {r['worst']} avg {r['avg']:.3f}")
