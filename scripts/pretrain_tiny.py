@@ -437,9 +437,9 @@ def train(args: Args, model, tok, data, calib: list[Task], sandbox, device) -> t
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         seen_tokens += int(mask.sum())
-        out_of_time = (args.max_minutes and time.time() - start > 60 * args.max_minutes) or step == args.stop_at
+        stop_now = (args.max_minutes and time.time() - start > 60 * args.max_minutes) or step == args.stop_at
         due = args.eval_every and step % args.eval_every == 0 and step >= args.eval_from
-        if due or step == args.steps or out_of_time:
+        if due or step == args.steps or stop_now:
             result = evaluate_greedy(model, tok, calib, sandbox, 128)
             rates = {s: r["pass@1"] for s, r in result.items()}
             habits = {s: r["habit_share"] for s, r in result.items() if getattr(args, f"habit_{s}", 0) > 0}
@@ -456,7 +456,7 @@ def train(args: Args, model, tok, data, calib: list[Task], sandbox, device) -> t
             if args.patience and since_best >= args.patience:
                 log.append({"stopped": "patience", "step": step})
                 break
-        if out_of_time:
+        if stop_now:
             log.append({"stopped": "stop_at" if step == args.stop_at else "max_minutes", "step": step})
             break
     return best, log
