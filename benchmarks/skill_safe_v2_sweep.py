@@ -6,6 +6,10 @@ testbed, resumable, with a per-method summary and a Pareto check.
         [--strength l2sp=0.1,1,10] [--set key=value ...] [--root runs/ssv2] [--dry]
     python benchmarks/skill_safe_v2_sweep.py status  [same selection]
     python benchmarks/skill_safe_v2_sweep.py summary [same selection] [--out runs/ssv2/summary.md]
+    python benchmarks/skill_safe_v2_sweep.py diag    [same selection]   (the safe variants' layer diagnostics)
+
+Orders: grr gen -> repair -> reason, rrg the reverse, mixed one phase of the three skills mixed,
+three phases long (safe variants then protect every skill of it).
 
 A run is `retainrl train configs/seq_v3.yaml <profile> <order> <method variant> seed=S world.seed=W
 [--set ...] --out ROOT/<order>/w<W>/<variant>/s<S>` (world.seed draws the tasks; seed the
@@ -54,7 +58,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = "configs/seq_v3.yaml"
 
-ORDERS = {"grr": "[gen,repair,reason]", "rrg": "[reason,repair,gen]"}
+ORDERS = {"grr": "[gen,repair,reason]", "rrg": "[reason,repair,gen]", "mixed": "[gen,repair,reason]"}
 PROFILES = {"full": [], "small": ["world.n_heldout=100", "eval.every=0"],
             "tiny": ["world.n_heldout=100", "eval.every=0", "protocol.steps_per_phase=10"]}
 
@@ -126,16 +130,19 @@ def plan(a) -> list[Run]:
         name, _, vals = spec.partition("=")
         strengths[name] = [v for v in vals.split(",") if v]
     runs = []
+    steps = next((int(o.split("=")[1]) for o in PROFILES[a.profile] if o.startswith("protocol.steps_per_phase=")), 20)
     for order in a.orders.split(","):
         if order not in ORDERS:
             raise SystemExit(f"unknown order {order!r}; known: {', '.join(ORDERS)}")
+        # mixed: one phase of the three skills as long as the whole sequence (protect: all of them)
+        mixed = [] if order != "mixed" else ["protocol.kind=mixed", f"protocol.steps_per_phase={3 * steps}"]
         for ws in [int(x) for x in a.world_seeds.split(",")]:
             for method in a.methods.split(","):
                 for name, ov in variants(method, strengths.get(method)):
                     for s in [int(x) for x in a.seeds.split(",")]:
                         out = Path(a.root).resolve() / order / f"w{ws}" / name / f"s{s}"
                         extra = [f"model.name_or_path={a.model}"] if a.model else []
-                        args = [CONFIG, *PROFILES[a.profile], f"protocol.phases={ORDERS[order]}", *ov,
+                        args = [CONFIG, *PROFILES[a.profile], f"protocol.phases={ORDERS[order]}", *mixed, *ov,
                                 f"seed={s}", f"world.seed={ws}", *extra, *a.set, "sandbox_workers=1",
                                 "--out", str(out)]
                         runs.append(Run(order, ws, name, s, args, out))
@@ -263,9 +270,61 @@ def summary(runs: list[Run], out: Path | None) -> None:
         print(f"wrote {out}")
 
 
+# ----------------------------------------------------------------------------------- diagnostics
+DIAG = (("active frac", "safety/active_frac"), ("share in row span", "safety/protected_share"),
+        ("step change rel", "safety/rel_change"))
+
+
+def run_diag(out: Path) -> dict | None:
+    """Means over a run's protected steps (train records with a safety/num_protected > 0): the layer's
+    active fraction, the share of the step inside the span of the protected rows, the relative change
+    of the step, and per protected skill the predicted vs realised change of J on the held-out memory
+    prompts (summed over the steps: the phase's modelled vs measured drift there)."""
+    recs = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines() if x.strip()]
+    tr = [r for r in recs if r.get("kind") == "train" and r.get("safety/num_protected", 0) > 0]
+    if not tr:
+        return None
+    d = {k: st.mean(r[k] for r in tr if k in r) if any(k in r for r in tr) else float("nan") for _, k in DIAG}
+    pred = [v for r in tr for k, v in r.items() if k.startswith("safety/heldout_predicted_dJ/")]
+    real = [v for r in tr for k, v in r.items() if k.startswith("safety/heldout_realised_dJ/")]
+    d["heldout pred"], d["heldout real"] = (sum(pred), sum(real)) if pred else (float("nan"), float("nan"))
+    d["pred~real corr"] = st.correlation(pred, real) if len(pred) > 2 and len(set(pred)) > 1 and len(set(real)) > 1 \
+        else float("nan")
+    return d
+
+
+def diag(runs: list[Run]) -> None:
+    by: dict[str, list[tuple[dict, float]]] = {}
+    for r in runs:
+        if r.done and r.variant.startswith("safe"):
+            d = run_diag(r.out)
+            if d is not None:
+                f = json.loads((r.out / "summary.json").read_text())["forgetting"]
+                by.setdefault(f"{r.order}/w{r.world_seed}/{r.variant}", []).append((d, f))
+    cols = [c for c, _ in DIAG] + ["heldout pred", "heldout real", "pred~real corr"]
+    print("| variant | n | " + " | ".join(cols) + " | forgetting |")
+    print("|---|---|" + "---|" * (len(cols) + 1))
+    allrows: list[tuple[dict, float]] = []
+    for v, rows in by.items():
+        allrows += rows
+        cells = []
+        for c in cols:
+            vals = [d[DIAG[[x for x, _ in DIAG].index(c)][1]] if c in dict(DIAG) else d[c] for d, _ in rows]
+            vals = [x for x in vals if x == x]
+            cells.append(f"{st.mean(vals):+.4f}" if vals else "-")
+        print(f"| {v} | {len(rows)} | " + " | ".join(cells) + f" | {st.mean(f for _, f in rows):.3f} |")
+    print()
+    print("correlation with forgetting over all these runs (n = %d):" % len(allrows))
+    for c in cols:
+        key = dict(DIAG).get(c, c)
+        pairs = [(d[key], f) for d, f in allrows if d[key] == d[key]]
+        if len(pairs) > 2 and len({x for x, _ in pairs}) > 1 and len({f for _, f in pairs}) > 1:
+            print(f"  {c}: {st.correlation([x for x, _ in pairs], [f for _, f in pairs]):+.2f}")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("command", choices=("run", "status", "summary"))
+    p.add_argument("command", choices=("run", "status", "summary", "diag"))
     p.add_argument("--methods", default="plain,kl,replay,ewc,l2sp,safe,safe+replay")
     p.add_argument("--strength", action="append", default=[], metavar="METHOD=v1,v2",
                    help="replace a method's strengths (safe / safe+replay: SAFE_VARIANTS names)")
@@ -298,6 +357,8 @@ def main() -> None:
         for v, (d, pa, t) in by.items():
             print(f"{v:28s} {d:4d} {pa:7d} {t:4d}")
         print(f"total {sum(r.done for r in runs)}/{len(runs)} done")
+    elif a.command == "diag":
+        diag(runs)
     else:
         summary(runs, Path(a.out) if a.out else None)
 

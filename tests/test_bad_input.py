@@ -450,6 +450,10 @@ def test_settings_that_do_nothing_warn():
         load_config(RunConfig, SMOKE, ["protocol.kind=single", "protocol.phases=[gen]", "safety.enabled=true"])
     with pytest.warns(UserWarning, match="replays nothing"):
         load_config(RunConfig, SMOKE, ["protocol.kind=single", "protocol.phases=[gen]", "method.name=replay"])
+    # mixed protects every skill of its one phase (safety.layer.protected_skills): no warning there
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        load_config(RunConfig, SMOKE, ["protocol.kind=mixed", "protocol.phases=[gen,repair]", "safety.enabled=true"])
 
 
 def test_ckpt_that_is_a_file_is_named_before_anything_runs(tmp_path, capsys):

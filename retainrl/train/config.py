@@ -256,7 +256,8 @@ class RunConfig:
                                       f"must be > 0", "protocol.mixed_weights")
         # settings that are legal but do nothing here: say so instead of training as if they worked
         first_only = len(self.phase_skills()) == 1
-        if self.safety.enabled and self.safety.protect == "earlier" and first_only:
+        # (mixed protects every skill of its one phase whatever `protect` says: layer.protected_skills)
+        if self.safety.enabled and self.safety.protect == "earlier" and first_only and self.protocol.kind != "mixed":
             warnings.warn("safety.enabled with one phase and safety.protect=earlier protects nothing (no earlier "
                           "phase); use safety.protect=others to protect the skills not trained", stacklevel=2)
         if self.method.name == "replay" and first_only:
