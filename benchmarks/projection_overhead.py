@@ -1,6 +1,6 @@
 """Step time of a skill-safe GRPO step (2 protected skills; optionally 4) against the plain step on the
-same batch, side by side in one run, on the bundled tiny model, for the default constraint
-(skill_mean) and for prompt_ll, each with rows recomputed every step and with rows reused
+same batch, side by side in one run, on the bundled tiny model, for the seed's constraint
+(skill_mean) and for the default (prompt_ll, phase budget), each with rows recomputed every step and with rows reused
 (safety.rows_every = k, amortised).
 
     python benchmarks/projection_overhead.py [--rounds 3] [--quick] [--rows_every 5] [--four]
@@ -11,12 +11,12 @@ clip, and either opt.step() or the safety layer's step) on one fixed rollout bat
 refreshes are amortised over `refresh_every` steps and timed separately). Variants:
 
   plain          opt.step()
-  safe-2         skill_mean (the default), rows every step: 2 extra forward + backward passes
+  safe-2         skill_mean (the seed's A-GEM-like row), rows every step: 2 extra forward + backward passes
                  over 8 memory prompts x 4 samples each
   safe-2/k       the same with rows_every = k: one update with the rows computed (= safe-2's
                  time) and k - 1 with them reused; timed as (t_computed + (k-1) t_reused) / k,
                  t_reused measured on its own update each round
-  pll-2, pll-2/k prompt_ll (budget step): per-prompt gradients of 8 + 4 held-out memory prompts
+  pll-2, pll-2/k prompt_ll, budget phase (SafetyConfig's default): per-prompt gradients of 8 + 4 held-out memory prompts
                  x <= 4 verified answers per skill, one batched forward + backward per skill
   safe-4         (--four) each memory used twice: 4 extra passes, a 4-row projection
 
@@ -66,10 +66,13 @@ def layers(safe: Trainer, sb, k: int, four: bool) -> tuple[dict, dict]:
     one constraint. Returns (variants, memory refresh seconds per constraint)."""
     base, skills, refresh = safe.cfg.safety, ["gen", "repair"], {}   # training reason: gen, repair protected
     out = {}
-    for tag, constraint in (("safe", "skill_mean"), ("pll", "prompt_ll")):
-        every = safety_layer.SafetyLayer(dataclasses.replace(base, constraint=constraint), safe.train_tasks,
+    # safe: the seed's constraint (skill_mean, per-step relative slack); pll: SafetyConfig's default
+    # (prompt_ll with the phase budget)
+    for tag, constraint, kw in (("safe", "skill_mean", dict(budget="step", eps_mode="relative", eps=0.0)),
+                                ("pll", "prompt_ll", {})):
+        every = safety_layer.SafetyLayer(dataclasses.replace(base, constraint=constraint, **kw), safe.train_tasks,
                                          safe.cfg.sampling, safe.cfg.seed)
-        reuse = safety_layer.SafetyLayer(dataclasses.replace(base, constraint=constraint, rows_every=k),
+        reuse = safety_layer.SafetyLayer(dataclasses.replace(base, constraint=constraint, rows_every=k, **kw),
                                          safe.train_tasks, safe.cfg.sampling, safe.cfg.seed)
         t0 = time.perf_counter()
         for s in skills:

@@ -7,6 +7,7 @@ testbed, resumable, with a per-method summary and a Pareto check.
     python benchmarks/skill_safe_v2_sweep.py status  [same selection]
     python benchmarks/skill_safe_v2_sweep.py summary [same selection] [--out runs/ssv2/summary.md]
     python benchmarks/skill_safe_v2_sweep.py diag    [same selection]   (the safe variants' layer diagnostics)
+    python benchmarks/skill_safe_v2_sweep.py select  [same selection]   (each method's variant by the fixed rule)
 
 Orders: grr gen -> repair -> reason, rrg the reverse, mixed one phase of the three skills mixed,
 three phases long (safe variants then protect every skill of it).
@@ -64,19 +65,25 @@ PROFILES = {"full": [], "small": ["world.n_heldout=100", "eval.every=0"],
 
 # Skill-safe variants: name -> overrides (on top of safety.enabled=true). eps in J units (token-mean
 # log-likelihood of the memory answers) for budget=phase / absolute; trust-region delta in nats per token.
+# Every variant names constraint, budget, eps_mode and eps, so none depends on SafetyConfig's defaults
+# (which moved to pll-phase-0.02 after this sweep's tuning half: LOG 2026-12-01 session 6).
 _ABS = ["safety.eps_mode=absolute"]
+_STEP = ["safety.budget=step"]
 SAFE_VARIANTS = {
-    "mean-step": ["safety.constraint=skill_mean"],                                  # the seed's default (A-GEM-like)
-    "pll-step": ["safety.constraint=prompt_ll", *_ABS, "safety.eps=0.0"],           # GEM, re-linearised
+    "mean-step": ["safety.constraint=skill_mean", *_STEP, "safety.eps_mode=relative", "safety.eps=0.0"],  # the seed's (A-GEM-like)
+    "pll-step": ["safety.constraint=prompt_ll", *_STEP, *_ABS, "safety.eps=0.0"],   # GEM, re-linearised
     **{f"pll-phase-{e}": ["safety.constraint=prompt_ll", "safety.budget=phase", *_ABS, f"safety.eps={e}"]
        for e in ("0.005", "0.02", "0.1", "1.0")},                                   # the eps sweep
     "sub-phase-0.02": ["safety.constraint=prompt_ll_subspace", "safety.budget=phase", *_ABS, "safety.eps=0.02"],
     # the same with the protected rows recomputed every 5 steps (the overhead option, safety.rows_every)
     "pll-phase-0.02-r5": ["safety.constraint=prompt_ll", "safety.budget=phase", *_ABS, "safety.eps=0.02",
                           "safety.rows_every=5"],
+    # the same with every non-held-out memory prompt constrained at every step (32 - 4 held out): coverage
+    "pll-phase-0.02-b28": ["safety.constraint=prompt_ll", "safety.budget=phase", *_ABS, "safety.eps=0.02",
+                           "safety.batch_prompts=28"],
     # the trust region alone (eps = 1 per step never binds): |J_p - J_p(phase start)| <= sqrt(2 delta) to
     # second order, two-sided; delta 0.0002 gives the radius 0.02 of pll-phase-0.02's one-sided budget
-    **{f"trust-{d}": ["safety.constraint=prompt_ll", *_ABS, "safety.eps=1.0", f"safety.trust_region={d}"]
+    **{f"trust-{d}": ["safety.constraint=prompt_ll", *_STEP, *_ABS, "safety.eps=1.0", f"safety.trust_region={d}"]
        for d in ("0.0002", "0.002")},
 }
 DEFAULT_SAFE = ["mean-step", "pll-step", "pll-phase-0.005", "pll-phase-0.02", "pll-phase-0.1", "pll-phase-1.0",
@@ -322,9 +329,52 @@ def diag(runs: list[Run]) -> None:
             print(f"  {c}: {st.correlation([x for x, _ in pairs], [f for _, f in pairs]):+.2f}")
 
 
+# ----------------------------------------------------------------------------------- selection
+# Cost rank of the safe variants for the tie-break (lower is cheaper): rows reused < rows every step
+# < the trust region's extra rows < every memory prompt constrained.
+COST = {"r5": 0, "b28": 3, "trust": 2}
+
+
+def select(runs: list[Run], keep: float = 0.8, tie: float = 0.005) -> dict[str, str]:
+    """The rule fixed before the sweep (LOG, 2026-12-01 session 6), per method over its variants in
+    `runs`: among the variants whose mean target gain is >= keep x plain's, the lowest mean forgetting;
+    variants within `tie` of it go to the cheaper (COST), then the higher gain; if none keeps the gain,
+    the highest gain. Returns method -> variant name."""
+    rows: dict[str, list[dict]] = {}
+    for r in runs:
+        if r.done:
+            rows.setdefault(r.variant, []).append(json.loads((r.out / "summary.json").read_text()))
+    planned = {r.variant: sum(x.variant == r.variant for x in runs) for r in runs}
+    unfinished = sorted(v for v in planned if len(rows.get(v, [])) < planned[v])
+    if unfinished:
+        print(f"select: left out (not every run finished): {', '.join(unfinished)}")
+    rows = {v: xs for v, xs in rows.items() if len(xs) == planned[v]}
+    if "plain" not in rows:
+        raise SystemExit("select: no finished plain runs in this selection")
+    mean = {v: (st.mean(x["forgetting"] for x in xs), st.mean(x["target_gain_mean"] for x in xs)) for v, xs in rows.items()}
+    bar = keep * mean["plain"][1]
+    out = {}
+    for method in sorted({v.rsplit("-", 1)[0] if not v.startswith("safe") else v.split("-", 1)[0] for v in mean}
+                         - {"plain"}):
+        cands = [v for v in mean if (v.startswith(method + "-") if method not in ("safe", "safe+replay")
+                                     else v.split("-", 1)[0] == method)]
+        kept = [v for v in cands if mean[v][1] >= bar]
+        if not kept:
+            out[method] = max(cands, key=lambda v: mean[v][1])
+            continue
+        best = min(mean[v][0] for v in kept)
+        near = [v for v in kept if mean[v][0] <= best + tie]
+        cost = lambda v: next((c for k, c in COST.items() if k in v), 1)
+        out[method] = min(near, key=lambda v: (cost(v), -mean[v][1]))
+    for m, v in out.items():
+        f, g = mean[v]
+        print(f"{m:12s} {v:28s} forgetting {f:.3f} gain {g:.3f} ({g / mean['plain'][1]:.2f} x plain)")
+    return out
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("command", choices=("run", "status", "summary", "diag"))
+    p.add_argument("command", choices=("run", "status", "summary", "diag", "select"))
     p.add_argument("--methods", default="plain,kl,replay,ewc,l2sp,safe,safe+replay")
     p.add_argument("--strength", action="append", default=[], metavar="METHOD=v1,v2",
                    help="replace a method's strengths (safe / safe+replay: SAFE_VARIANTS names)")
@@ -359,6 +409,8 @@ def main() -> None:
         print(f"total {sum(r.done for r in runs)}/{len(runs)} done")
     elif a.command == "diag":
         diag(runs)
+    elif a.command == "select":
+        select(runs)
     else:
         summary(runs, Path(a.out) if a.out else None)
 

@@ -84,9 +84,13 @@ DEMO_METHODS = {
     "l2sp": ["method.name=l2sp"],
     "kl": ["method.name=plain", "rl.kl_coef=0.05"],
     "safe+replay": ["method.name=replay", "safety.enabled=true"],
-    # the eps sweep: relative slack, eps_s = eps * ||step|| * ||g_s|| (a cosine bound)
+    # the eps sweep of the default (prompt_ll, phase budget; eps = 0.02): the loss of each memory
+    # prompt's answer log-likelihood allowed from the phase start, in nats per token
+    "safe-eps0.005": ["method.name=plain", "safety.enabled=true", "safety.eps=0.005"],
     "safe-eps0.1": ["method.name=plain", "safety.enabled=true", "safety.eps=0.1"],
-    "safe-eps0.3": ["method.name=plain", "safety.enabled=true", "safety.eps=0.3"],
+    # the seed's constraint: one averaged GRPO-surrogate row per skill, re-linearised every step (A-GEM-like)
+    "safe-mean": ["method.name=plain", "safety.enabled=true", "safety.constraint=skill_mean", "safety.budget=step",
+                  "safety.eps_mode=relative", "safety.eps=0.0"],
 }
 
 

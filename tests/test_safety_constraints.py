@@ -110,7 +110,7 @@ def test_prompt_rows_with_phase_budget_by_hand():
 def test_prompt_rows_with_step_budget_are_plain_gem():
     # budget "step", eps 0: every prompt row <A_p, D> >= 0; D = (-1, 1) -> (0, 1); no drift logged
     A = torch.tensor([[2.0, 0.0], [0.0, 1.0]])
-    cfg = SafetyConfig(enabled=True, space="step", constraint="prompt_ll", eps=0.0, eps_mode="absolute",
+    cfg = SafetyConfig(enabled=True, space="step", constraint="prompt_ll", budget="step", eps=0.0, eps_mode="absolute",
                        batch_prompts=2, heldout_prompts=0)
     layer = SafetyLayer(cfg, {"gen": [0]}, None, seed=0)
     p = torch.nn.Parameter(torch.zeros(2))
@@ -155,9 +155,10 @@ def test_phase_budget_anchor_moves_with_the_protected_set_only():
 
 def test_phase_budget_needs_absolute_step_space_and_a_level():
     with pytest.raises(ValueError, match="skill_mean"):
-        SafetyLayer(SafetyConfig(budget="phase", eps_mode="absolute"), {}, None, seed=0)
+        SafetyLayer(SafetyConfig(budget="phase", eps_mode="absolute", constraint="skill_mean"), {}, None, seed=0)
     with pytest.raises(ValueError, match="eps_mode=absolute"):
-        SafetyLayer(SafetyConfig(budget="phase", constraint="prompt_ll"), {}, None, seed=0)
+        SafetyLayer(SafetyConfig(budget="phase", constraint="prompt_ll", eps_mode="relative"), {}, None, seed=0)
+    SafetyLayer(SafetyConfig(), {}, None, seed=0)  # the defaults (prompt_ll, phase, absolute) are a legal set
 
 
 # -- the real quantity on the bundled model: batched == one at a time ------------------------------

@@ -114,9 +114,11 @@ def test_trust_rows_with_the_subspace_constraint():
 
 def test_trust_region_needs_answer_rows_absolute_step_space():
     with pytest.raises(ValueError, match="prompt_ll"):
-        SafetyLayer(SafetyConfig(trust_region=0.1, eps_mode="absolute"), {}, None, seed=0)
+        SafetyLayer(SafetyConfig(trust_region=0.1, eps_mode="absolute", constraint="skill_mean", budget="step"),
+                    {}, None, seed=0)
     with pytest.raises(ValueError, match="eps_mode=absolute"):
-        SafetyLayer(SafetyConfig(trust_region=0.1, constraint="prompt_ll"), {}, None, seed=0)
+        SafetyLayer(SafetyConfig(trust_region=0.1, constraint="prompt_ll", eps_mode="relative", budget="step"),
+                    {}, None, seed=0)
     with pytest.raises(ValueError, match="eps_mode=absolute"):
         SafetyLayer(SafetyConfig(trust_region=0.1, constraint="prompt_ll", eps_mode="absolute", space="grad"),
                     {}, None, seed=0)

@@ -58,3 +58,37 @@ def test_finished_runs_are_skipped_and_summarised(tmp_path, capsys):
     assert "| plain | 2 | 0.110 ± 0.014 | 0.210 ± 0.014 |" in text
     row = next(x for x in text.splitlines() if x.startswith("| safe-pll-step "))
     assert "| 0.36 | 0.90 | yes | met |" in row           # 0.04 / 0.11, 0.19 / 0.21
+
+
+def _fake(runs, values):
+    for r in runs:
+        if (r.variant, r.seed) in values:
+            r.out.mkdir(parents=True)
+            f, g = values[(r.variant, r.seed)]
+            (r.out / "summary.json").write_text(json.dumps({"forgetting": f, "target_gain_mean": g, "worst": 0.2,
+                                                            "avg": 0.3}))
+
+
+def test_select_applies_the_fixed_rule_by_hand(tmp_path, capsys):
+    runs = sweep.plan(_args(tmp_path, methods="plain,safe,ewc,l2sp", orders="grr", seeds="0",
+                            strength=["safe=pll-phase-0.02,pll-phase-0.02-r5,pll-phase-0.005,pll-step",
+                                      "ewc=10,100,1000", "l2sp=0.1,1"]))
+    _fake(runs, {("plain", 0): (0.10, 0.20),
+                 ("safe-pll-phase-0.02", 0): (0.030, 0.19),
+                 ("safe-pll-phase-0.02-r5", 0): (0.033, 0.185),   # within 0.005 of the best kept: cheaper wins
+                 ("safe-pll-phase-0.005", 0): (0.010, 0.15),      # below 0.8 x 0.20 = 0.16: not kept
+                 ("ewc-10", 0): (0.05, 0.20), ("ewc-100", 0): (0.02, 0.17), ("ewc-1000", 0): (0.0, 0.10),
+                 ("l2sp-0.1", 0): (0.0, 0.12), ("l2sp-1", 0): (0.0, 0.05)})   # none kept: the highest gain
+    # safe-pll-step has no finished run: left out, not selected
+    assert sweep.select(runs) == {"safe": "safe-pll-phase-0.02-r5", "ewc": "ewc-100", "l2sp": "l2sp-0.1"}
+    assert "left out (not every run finished): safe-pll-step" in capsys.readouterr().out
+
+
+def test_mixed_order_is_one_phase_as_long_as_the_sequence(tmp_path):
+    (r,) = sweep.plan(_args(tmp_path, methods="plain", orders="mixed", seeds="0", profile="tiny"))
+    i = r.args.index("protocol.kind=mixed")
+    assert r.args[i + 1] == "protocol.steps_per_phase=30" and "protocol.steps_per_phase=10" in r.args[:i]
+    from retainrl.config import load_config
+    from retainrl.train.config import RunConfig
+    cfg = load_config(RunConfig, ROOT / r.args[0], r.args[1:r.args.index("--out")])   # the later override wins
+    assert cfg.protocol.kind == "mixed" and cfg.protocol.steps_per_phase == 30

@@ -89,7 +89,8 @@ def hooks_run(model_dir: str, out_dir: str, shard: bool = False) -> None:
     def full():  # the global flat parameters (gathered from the shards)
         return flat_params([p.full_tensor() if shard else p for p in params])
 
-    cfg = SafetyConfig(enabled=True, eps=0.0, eps_mode="absolute", refresh_every=100, **MEMORY)
+    cfg = SafetyConfig(enabled=True, constraint="skill_mean", budget="step", eps=0.0, eps_mode="absolute",
+                       refresh_every=100, **MEMORY)
     # seed 5: both memory prompts get mixed rewards on this tiny model (non-zero advantages)
     layer = SafetyLayer(cfg, {"b": B_TASKS}, SamplingConfig(max_new_tokens=8), seed=5)
     model = DistributedDataParallel(policy.model) if world > 1 and not shard else policy.model

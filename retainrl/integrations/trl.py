@@ -169,7 +169,13 @@ def evaluate_skills(trainer, heldout: dict[str, list[Task]], sandbox, max_new_to
 # steps and reused in between (an approximation: the constraint holds for grad J_s at the parameters of up to 4
 # steps ago; rows_every=1 is the exact per-step constraint, about 0.19 of a plain step here);
 # the realised-change diagnostic (one more forward per skill, no effect on the step) is opt-in.
-ATTACH_DEFAULTS = {"memory_prompts": 8, "batch_prompts": 4, "rows_every": 5, "measure_realised": False}
+# The constraint stays the one issue 15's overhead, equivalence and FSDP2 results were measured with
+# (skill_mean, per-step relative slack), not SafetyConfig's default (prompt_ll with the phase budget,
+# which forgets less in retainrl's trainer, LOG 2026-12-01 session 6, but has no sharded form and has
+# not been measured through TRL): pass constraint="prompt_ll", budget="phase", eps_mode="absolute",
+# eps=0.02 for it.
+ATTACH_DEFAULTS = {"memory_prompts": 8, "batch_prompts": 4, "rows_every": 5, "measure_realised": False,
+                   "constraint": "skill_mean", "budget": "step", "eps_mode": "relative"}
 
 
 def attach_skill_safety(trainer, protected: list[str], memory_tasks, sandbox, eps: float = 0.0,
@@ -182,13 +188,13 @@ def attach_skill_safety(trainer, protected: list[str], memory_tasks, sandbox, ep
     verifier of memory refreshes (kept open by the caller for the whole run); eps, eps_mode,
     refresh_every and **safety: SafetyConfig fields (memory_prompts, memory_samples,
     batch_prompts, space, solver, is_clip, measure_realised, trigger, tau, trigger_source,
-    eps_per_skill; eps_mode: default SafetyConfig's, as in retainrl's own runs); sampling: memory
+    eps_per_skill; eps_mode: default "relative", ATTACH_DEFAULTS); sampling: memory
     rollout sampling (default: the trainer's temperature, top_p and max_completion_length). Seeds come from trainer.args.seed.
     Defaults that differ from SafetyConfig's (ATTACH_DEFAULTS, for a <= 1.15x step): memory_prompts=8,
     batch_prompts=4 (x memory_samples=4 rows per estimate), refresh_every=10, rows_every=5 (rows
     reused for up to 4 steps: pass rows_every=1 for the exact per-step constraint),
     measure_realised=False (pass True for the realised_dJ/* diagnostic: one more forward per skill
-    per step)."""
+    per step), constraint="skill_mean" with budget="step" and eps_mode="relative" (see ATTACH_DEFAULTS)."""
     safety = {**ATTACH_DEFAULTS, **safety}
     check_supported(trainer)
     if not protected:

@@ -485,10 +485,10 @@ class SafetyLayer:
             if constraint == "skill_mean":
                 raise ValueError("safety.budget=phase needs a constraint with a level that can be compared across "
                                  "steps (prompt_ll or prompt_ll_subspace); the GRPO surrogate of skill_mean is 0 "
-                                 "at every refresh")
+                                 "at every refresh: with safety.constraint=skill_mean set safety.budget=step")
             if cfg.eps_mode != "absolute" or cfg.space != "step":
-                raise ValueError("safety.budget=phase counts J in its own units: it needs safety.eps_mode=absolute "
-                                 "and safety.space=step")
+                raise ValueError("safety.budget=phase (the default) counts J in its own units: it needs "
+                                 "safety.eps_mode=absolute and safety.space=step (or set safety.budget=step)")
         if getattr(cfg, "trust_region", 0.0) > 0:
             if constraint == "skill_mean":
                 raise ValueError("safety.trust_region bounds the KL on the answer memory: it needs constraint "
