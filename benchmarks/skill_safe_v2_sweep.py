@@ -210,7 +210,15 @@ def run_all(runs: list[Run], parallel: int) -> None:
 
 
 # ----------------------------------------------------------------------------------- summary
-METRICS = (("forgetting", "forgetting"), ("target gain", "target_gain_mean"), ("worst", "worst"), ("avg", "avg"))
+METRICS = (("forgetting", "forgetting"), ("target gain", "target_gain_mean"), ("gain, phases 2+", "target_gain_later"),
+           ("worst", "worst"), ("avg", "avg"))
+
+
+def later_gain(s: dict) -> float | None:
+    """Mean gain of the trained skill over the phases after the first, the ones with a skill to protect
+    (target_gain_mean averages in the first phase too, which no method changes); None for one phase."""
+    g = s.get("target_gain")
+    return st.mean(g[1:]) if isinstance(g, list) and len(g) > 1 else None
 
 
 def ms(values: list[float]) -> str:
@@ -235,8 +243,8 @@ def table(title: str, by: dict[str, list[dict]]) -> list[str]:
              for v, rows in by.items() if rows}
     front = pareto(means)
     base = means.get("plain")
-    lines = [f"## {title}", "", "| variant | n | forgetting | target gain | worst | avg | forg. / plain | "
-             "gain / plain | Pareto | issue bar |", "|---|---|---|---|---|---|---|---|---|---|"]
+    lines = [f"## {title}", "", "| variant | n | forgetting | target gain | gain, phases 2+ | worst | avg | "
+             "forg. / plain | gain / plain | Pareto | issue bar |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     for v, rows in by.items():
         if not rows:
             continue
@@ -258,6 +266,7 @@ def summary(runs: list[Run], out: Path | None) -> None:
         if not r.done:
             continue
         s = json.loads((r.out / "summary.json").read_text())
+        s["target_gain_later"] = later_gain(s)
         for g in (f"{r.order} / world seed {r.world_seed}", "pooled over orders and world seeds"):
             groups.setdefault(g, {}).setdefault(r.variant, []).append(s)
     n_done = sum(r.done for r in runs)

@@ -92,3 +92,8 @@ def test_mixed_order_is_one_phase_as_long_as_the_sequence(tmp_path):
     from retainrl.train.config import RunConfig
     cfg = load_config(RunConfig, ROOT / r.args[0], r.args[1:r.args.index("--out")])   # the later override wins
     assert cfg.protocol.kind == "mixed" and cfg.protocol.steps_per_phase == 30
+
+
+def test_later_phase_gain_leaves_out_the_first_phase():
+    assert sweep.later_gain({"target_gain": [0.2, 0.1, 0.3]}) == 0.2
+    assert sweep.later_gain({"target_gain": [0.2]}) is None and sweep.later_gain({}) is None
