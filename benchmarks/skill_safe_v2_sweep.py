@@ -244,7 +244,9 @@ def table(title: str, by: dict[str, list[dict]]) -> list[str]:
     front = pareto(means)
     base = means.get("plain")
     lines = [f"## {title}", "", "| variant | n | forgetting | target gain | gain, phases 2+ | worst | avg | "
-             "forg. / plain | gain / plain | Pareto | issue bar |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+             "forg. / plain | gain / plain | forg. - plain, paired | Pareto | issue bar |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    plain_by_pair = {r["_pair"]: r for r in by.get("plain", []) if "_pair" in r}
     for v, rows in by.items():
         if not rows:
             continue
@@ -255,8 +257,12 @@ def table(title: str, by: dict[str, list[dict]]) -> list[str]:
         bar = "-"
         if v.startswith("safe") and base and base[0] > 0 and base[1] > 0:
             bar = "met" if f <= 0.5 * base[0] and g >= 0.8 * base[1] else "not met"
+        # the same seed, order and world seed without the method: the seed's own noise cancels
+        diffs = [r["forgetting"] - plain_by_pair[r["_pair"]]["forgetting"] for r in rows
+                 if v != "plain" and r.get("_pair") in plain_by_pair]
+        paired = f"{ms(diffs)} ({len(diffs)})" if diffs else "-"
         lines.append(f"| {v} | {len(rows)} | " + " | ".join(cells) +
-                     f" | {rel_f} | {rel_g} | {'yes' if v in front else ''} | {bar} |")
+                     f" | {rel_f} | {rel_g} | {paired} | {'yes' if v in front else ''} | {bar} |")
     return lines + [""]
 
 
@@ -267,6 +273,7 @@ def summary(runs: list[Run], out: Path | None) -> None:
             continue
         s = json.loads((r.out / "summary.json").read_text())
         s["target_gain_later"] = later_gain(s)
+        s["_pair"] = (r.order, r.world_seed, r.seed)
         for g in (f"{r.order} / world seed {r.world_seed}", "pooled over orders and world seeds"):
             groups.setdefault(g, {}).setdefault(r.variant, []).append(s)
     n_done = sum(r.done for r in runs)

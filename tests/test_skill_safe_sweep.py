@@ -57,7 +57,7 @@ def test_finished_runs_are_skipped_and_summarised(tmp_path, capsys):
     assert "3 of 4 planned runs finished" in text
     assert "| plain | 2 | 0.110 ± 0.014 | 0.210 ± 0.014 |" in text
     row = next(x for x in text.splitlines() if x.startswith("| safe-pll-step "))
-    assert "| 0.36 | 0.90 | yes | met |" in row           # 0.04 / 0.11, 0.19 / 0.21
+    assert "| 0.36 | 0.90 | -0.060 (1) | yes | met |" in row   # 0.04 / 0.11, 0.19 / 0.21; 0.04 - 0.10 paired
 
 
 def _fake(runs, values):
