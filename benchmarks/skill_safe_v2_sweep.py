@@ -199,7 +199,8 @@ def run_all(runs: list[Run], parallel: int) -> None:
             brief = ""
             if ok:
                 s = json.loads((r.out / "summary.json").read_text())
-                brief = f"forgetting {s['forgetting']:.3f} gain {s['target_gain_mean']:+.3f} worst {s['worst']:.3f}"
+                num = lambda k, f: format(s[k], f) if isinstance(s.get(k), (int, float)) else "-"  # mixed: no forgetting
+                brief = f"forgetting {num('forgetting', '.3f')} gain {num('target_gain_mean', '+.3f')} worst {num('worst', '.3f')}"
             print(f"[{i}/{len(todo)}] {time.strftime('%H:%M:%S')} {'done' if ok else 'FAILED'} {r.order}/w{r.world_seed}/"
                   f"{r.variant}/s{r.seed} in {dt:.0f}s {brief if ok else '(see ' + str(r.out / 'train.log') + ')'}; "
                   f"{left} left, ETA {eta / 60:.0f} min", flush=True)
@@ -239,8 +240,9 @@ def pareto(points: dict[str, tuple[float, float]]) -> set[str]:
 
 def table(title: str, by: dict[str, list[dict]]) -> list[str]:
     """Markdown lines for one group: variant -> summaries over seeds (and world seeds / orders)."""
+    # the mixed protocol has no forgetting (one phase): such groups get no Pareto front and no bar
     means = {v: (st.mean(r["forgetting"] for r in rows), st.mean(r["target_gain_mean"] for r in rows))
-             for v, rows in by.items() if rows}
+             for v, rows in by.items() if rows and all(r.get("forgetting") is not None for r in rows)}
     front = pareto(means)
     base = means.get("plain")
     lines = [f"## {title}", "", "| variant | n | forgetting | target gain | gain, phases 2+ | worst | avg | "
@@ -251,15 +253,16 @@ def table(title: str, by: dict[str, list[dict]]) -> list[str]:
         if not rows:
             continue
         cells = [ms([r[k] for r in rows if r.get(k) is not None]) for _, k in METRICS]
-        f, g = means[v]
-        rel_f = f"{f / base[0]:.2f}" if base and base[0] > 0 else "-"
-        rel_g = f"{g / base[1]:.2f}" if base and base[1] > 0 else "-"
+        f, g = means.get(v, (None, None))
+        rel_f = f"{f / base[0]:.2f}" if f is not None and base and base[0] > 0 else "-"
+        rel_g = f"{g / base[1]:.2f}" if g is not None and base and base[1] > 0 else "-"
         bar = "-"
-        if v.startswith("safe") and base and base[0] > 0 and base[1] > 0:
+        if f is not None and v.startswith("safe") and base and base[0] > 0 and base[1] > 0:
             bar = "met" if f <= 0.5 * base[0] and g >= 0.8 * base[1] else "not met"
         # the same seed, order and world seed without the method: the seed's own noise cancels
         diffs = [r["forgetting"] - plain_by_pair[r["_pair"]]["forgetting"] for r in rows
-                 if v != "plain" and r.get("_pair") in plain_by_pair]
+                 if v != "plain" and r.get("_pair") in plain_by_pair and r.get("forgetting") is not None
+                 and plain_by_pair[r["_pair"]].get("forgetting") is not None]
         paired = f"{ms(diffs)} ({len(diffs)})" if diffs else "-"
         lines.append(f"| {v} | {len(rows)} | " + " | ".join(cells) +
                      f" | {rel_f} | {rel_g} | {paired} | {'yes' if v in front else ''} | {bar} |")

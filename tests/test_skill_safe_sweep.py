@@ -97,3 +97,13 @@ def test_mixed_order_is_one_phase_as_long_as_the_sequence(tmp_path):
 def test_later_phase_gain_leaves_out_the_first_phase():
     assert sweep.later_gain({"target_gain": [0.2, 0.1, 0.3]}) == 0.2
     assert sweep.later_gain({"target_gain": [0.2]}) is None and sweep.later_gain({}) is None
+
+
+def test_mixed_runs_without_forgetting_are_summarised(tmp_path, capsys):
+    runs = sweep.plan(_args(tmp_path, methods="plain", orders="mixed", seeds="0", profile="tiny"))
+    runs[0].out.mkdir(parents=True)
+    (runs[0].out / "summary.json").write_text(json.dumps({"forgetting": None, "target_gain_mean": 0.15,
+                                                          "target_gain": [0.15], "worst": 0.2, "avg": 0.36}))
+    sweep.run_all(runs, parallel=1)                  # finished: nothing to train, no crash on the None
+    sweep.summary(runs, None)
+    assert "| plain | 1 | - | 0.150 | - | 0.200 | 0.360 |" in capsys.readouterr().out
