@@ -117,6 +117,7 @@ def variants(method: str, strengths: list[str] | None) -> list[tuple[str, list[s
 class Run:
     order: str
     world_seed: int
+    method: str             # --methods entry the variant came from (plain, kl, ..., safe+replay)
     variant: str
     seed: int
     args: list[str]         # after `retainrl train`
@@ -152,7 +153,7 @@ def plan(a) -> list[Run]:
                         args = [CONFIG, *PROFILES[a.profile], f"protocol.phases={ORDERS[order]}", *mixed, *ov,
                                 f"seed={s}", f"world.seed={ws}", *extra, *a.set, "sandbox_workers=1",
                                 "--out", str(out)]
-                        runs.append(Run(order, ws, name, s, args, out))
+                        runs.append(Run(order, ws, method, name, s, args, out))
     return runs
 
 
@@ -372,11 +373,10 @@ def select(runs: list[Run], keep: float = 0.8, tie: float = 0.005) -> dict[str, 
         raise SystemExit("select: no finished plain runs in this selection")
     mean = {v: (st.mean(x["forgetting"] for x in xs), st.mean(x["target_gain_mean"] for x in xs)) for v, xs in rows.items()}
     bar = keep * mean["plain"][1]
+    method_of = {r.variant: r.method for r in runs}
     out = {}
-    for method in sorted({v.rsplit("-", 1)[0] if not v.startswith("safe") else v.split("-", 1)[0] for v in mean}
-                         - {"plain"}):
-        cands = [v for v in mean if (v.startswith(method + "-") if method not in ("safe", "safe+replay")
-                                     else v.split("-", 1)[0] == method)]
+    for method in sorted({method_of[v] for v in mean} - {"plain"}):
+        cands = [v for v in mean if method_of[v] == method]
         kept = [v for v in cands if mean[v][1] >= bar]
         if not kept:
             out[method] = max(cands, key=lambda v: mean[v][1])

@@ -43,13 +43,7 @@ def test_every_planned_config_builds_and_strengths_are_at_least_three(tmp_path):
 
 def test_finished_runs_are_skipped_and_summarised(tmp_path, capsys):
     runs = sweep.plan(_args(tmp_path, methods="plain,safe", strength=["safe=pll-step"], orders="grr"))
-    fake = {("plain", 0): (0.10, 0.20), ("plain", 1): (0.12, 0.22), ("safe-pll-step", 0): (0.04, 0.19)}
-    for r in runs:
-        if (r.variant, r.seed) in fake:
-            r.out.mkdir(parents=True)
-            f, g = fake[(r.variant, r.seed)]
-            (r.out / "summary.json").write_text(json.dumps({"forgetting": f, "target_gain_mean": g, "worst": 0.2,
-                                                            "avg": 0.3}))
+    _fake(runs, {("plain", 0): (0.10, 0.20), ("plain", 1): (0.12, 0.22), ("safe-pll-step", 0): (0.04, 0.19)})
     assert [r.done for r in runs] == [True, True, True, False]
     sweep.run_all([r for r in runs if r.done], parallel=1)    # nothing to train
     sweep.summary(runs, tmp_path / "summary.md")
