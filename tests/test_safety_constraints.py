@@ -74,7 +74,7 @@ class LinearAnswers(AnswerMemory):
 
 
 def _layer(constraint: str, eps: float, A: torch.Tensor, n_held: int = 0, **kw):
-    cfg = SafetyConfig(enabled=True, space="step", constraint=constraint, budget="phase", eps=eps,
+    cfg = SafetyConfig(enabled=True, diagnostics_every=1, space="step", constraint=constraint, budget="phase", eps=eps,
                        eps_mode="absolute", batch_prompts=A.shape[0] - n_held, refresh_every=100, **kw)
     layer = SafetyLayer(cfg, {"gen": [0]}, None, seed=0)
     p = torch.nn.Parameter(torch.zeros(2))
@@ -110,7 +110,7 @@ def test_prompt_rows_with_phase_budget_by_hand():
 def test_prompt_rows_with_step_budget_are_plain_gem():
     # budget "step", eps 0: every prompt row <A_p, D> >= 0; D = (-1, 1) -> (0, 1); no drift logged
     A = torch.tensor([[2.0, 0.0], [0.0, 1.0]])
-    cfg = SafetyConfig(enabled=True, space="step", constraint="prompt_ll", budget="step", eps=0.0, eps_mode="absolute",
+    cfg = SafetyConfig(enabled=True, diagnostics_every=1, space="step", constraint="prompt_ll", budget="step", eps=0.0, eps_mode="absolute",
                        batch_prompts=2, heldout_prompts=0)
     layer = SafetyLayer(cfg, {"gen": [0]}, None, seed=0)
     p = torch.nn.Parameter(torch.zeros(2))
@@ -211,6 +211,97 @@ def test_per_prompt_rows_batched_equal_one_at_a_time(policy_and_answers):
     assert torch.allclose(answer_loglik(policy, answers[1:]).double(), J[1:], atol=1e-5)
 
 
+def test_trim_padding_by_hand_and_log_probs_unchanged(policy_and_answers):
+    from retainrl.policy.rollout import Rollout, completion_logprobs
+    from retainrl.safety.estimates import trim_padding
+
+    r = Rollout(torch.tensor([[0, 0, 5, 6], [0, 0, 0, 7]]), torch.tensor([[0, 0, 1, 1], [0, 0, 0, 1]]),
+                torch.tensor([[8, 9, 0, 0], [8, 0, 0, 0]]), torch.tensor([[1, 1, 0, 0], [1, 0, 0, 0]]),
+                ["a", "b"], [0, 0], 1)
+    t = trim_padding(r)
+    assert t.prompt_ids.tolist() == [[5, 6], [0, 7]] and t.prompt_mask.tolist() == [[1, 1], [0, 1]]
+    assert t.completion_ids.tolist() == [[8, 9], [8, 0]] and t.completion_mask.tolist() == [[1, 1], [1, 0]]
+    assert trim_padding(t) is t                         # nothing left to drop
+    policy, answers = policy_and_answers               # widened by padding columns: the same log-probs
+    pad = torch.nn.functional.pad
+    a = answers[2]
+    wide = Rollout(pad(a.prompt_ids, (3, 0)), pad(a.prompt_mask, (3, 0)), pad(a.completion_ids, (0, 5)),
+                   pad(a.completion_mask, (0, 5)), a.texts, a.task_index, 1)
+    back = trim_padding(wide)
+    assert back.prompt_ids.shape[1] <= a.prompt_ids.shape[1]
+    lp_wide = completion_logprobs(policy, wide)[0][:, :a.completion_ids.shape[1]]
+    lp_back = completion_logprobs(policy, back)[0]
+    T = back.completion_ids.shape[1]
+    assert T <= a.completion_ids.shape[1]
+    m = back.completion_mask.bool()
+    assert torch.allclose(lp_wide[:, :T][m], lp_back[m], atol=1e-5)
+
+
+def test_repeated_answers_run_once_and_weigh_by_count(policy_and_answers, monkeypatch):
+    """A prompt whose stored answers repeat: the repeats are one row of the batched pass, weighted
+    by their count, and J and its gradient equal the plain mean over every stored answer."""
+    from retainrl.policy import rollout as rollout_mod
+    from retainrl.parallel import flat_grad
+    from retainrl.safety import estimates
+    from retainrl.safety.estimates import distinct_rows
+
+    policy, answers = policy_and_answers
+    params = policy.trainable_parameters()
+    a0, a2 = answers[0], answers[2]
+    rep = [a0.select([0, 1, 0, 0]), answers[1].select([0, 0]), a2]   # answers: x,y,x,x / z,z / u,v
+    for a in rep:
+        a.group_size, a.temperature = 1, 1.0
+    parts, owner, weight = distinct_rows(rep)
+    assert owner.tolist() == [0, 0, 1, 2, 2] and weight.tolist() == [3.0, 1.0, 2.0, 1.0, 1.0]
+    seen = []
+    real = rollout_mod.completion_logprobs
+
+    def counting(policy, batch, *a, **kw):
+        seen.append(batch.completion_ids.shape[0])
+        return real(policy, batch, *a, **kw)
+    monkeypatch.setattr(estimates, "completion_logprobs", counting)
+    J, G = per_prompt_values_and_grads(policy, params, rep)
+    assert seen == [5]                                 # 5 distinct rows of the 8 stored answers
+    for i, a in enumerate(rep):                        # by hand: the plain mean over all stored answers
+        for q in params:
+            q.grad = None
+        lp, _, _ = real(policy, a)
+        m = a.completion_mask.float()
+        Ji = ((lp * m).sum(-1) / m.sum(-1)).mean()
+        Ji.backward()
+        assert float(J[i]) == pytest.approx(float(Ji.detach()), abs=1e-5)
+        assert torch.allclose(G[i], flat_grad(params), atol=1e-5, rtol=1e-4)
+
+
+def test_several_memories_in_one_pass_equal_each_alone(policy_and_answers, monkeypatch):
+    """Two protected skills' memories (and a stand-in memory beside them) in one batched pass: the
+    same values and per-prompt gradients as each memory alone, with one forward for the real ones."""
+    from retainrl.safety import estimates
+
+    policy, answers = policy_and_answers
+    params = policy.trainable_parameters()
+    mems = []
+    for skill, ans in (("gen", answers[:2]), ("repair", answers[1:])):
+        m = AnswerMemory(skill, list(range(len(ans))), len(ans), 0, 4, seed=0)
+        m.answers = list(ans)
+        mems.append(m)
+    stand_in = LinearAnswers(torch.tensor([[2.0, 0.0], [0.0, 1.0]]), torch.nn.Parameter(torch.ones(2)))
+    picks = [(mems[0], [1, 0]), (stand_in, [1]), (mems[1], [0, 1]), (mems[0], [])]
+    alone = [mems[0].values_and_grads(policy, params, [1, 0]), None, mems[1].values_and_grads(policy, params, [0, 1])]
+    calls = []
+    real = estimates.completion_logprobs
+    monkeypatch.setattr(estimates, "completion_logprobs", lambda *a, **kw: calls.append(1) or real(*a, **kw))
+    together = estimates.values_and_grads_many(policy, params, picks)
+    assert len(calls) == 1                                     # one forward for both real memories
+    for i in (0, 2):
+        assert torch.allclose(together[i][0], alone[i][0], atol=1e-5)
+        assert torch.allclose(together[i][1], alone[i][1], atol=1e-5, rtol=1e-4)
+    assert together[1][0].tolist() == [1.0] and together[1][1].tolist() == [[0.0, 1.0]]   # the stand-in's own
+    assert together[3][0].shape == (0,) and together[3][1].shape == (0, alone[0][1].shape[1])
+    vals = estimates.values_many(policy, picks)
+    assert len(calls) == 2 and torch.allclose(vals[2], alone[2][0], atol=1e-5) and vals[1].tolist() == [1.0]
+
+
 # -- tiny end-to-end runs of each new constraint type --------------------------------------------
 @pytest.mark.parametrize("constraint,budget", [("prompt_ll", "phase"), ("prompt_ll_subspace", "step")])
 def test_tiny_run_logs_diagnostics_and_holds_to_first_order(tmp_path, constraint, budget):
@@ -219,7 +310,7 @@ def test_tiny_run_logs_diagnostics_and_holds_to_first_order(tmp_path, constraint
             "protocol.phases=[gen,repair]", "protocol.steps_per_phase=2", "safety.enabled=true",
             f"safety.constraint={constraint}", f"safety.budget={budget}", "safety.eps_mode=absolute",
             "safety.eps=0.0", "safety.memory_prompts=6", "safety.heldout_prompts=2", "safety.batch_prompts=3",
-            "safety.memory_samples=4"]
+            "safety.memory_samples=4", "safety.diagnostics_every=1"]
     env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")
     proc = subprocess.run([sys.executable, "-m", "retainrl", "train", str(ROOT / "configs" / "smoke.yaml"), *args,
                            "--out", str(out)], cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
@@ -248,7 +339,7 @@ def test_answer_memories_and_phase_anchor_survive_a_checkpoint(policy_and_answer
 
     _, answers = policy_and_answers
     tasks = {"gen": list(range(20))}
-    cfg = SafetyConfig(enabled=True, constraint="prompt_ll", budget="phase", eps_mode="absolute",
+    cfg = SafetyConfig(enabled=True, diagnostics_every=1, constraint="prompt_ll", budget="phase", eps_mode="absolute",
                        memory_prompts=3, heldout_prompts=1)
     layer = SafetyLayer(cfg, tasks, None, seed=0)
     mem = layer.answer_memory("gen")

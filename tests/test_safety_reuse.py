@@ -22,7 +22,7 @@ class Counting(QuadraticAnswers):
 
 
 def _layer(b, rows_every=3, **kw):
-    cfg = SafetyConfig(enabled=True, space="step", constraint="prompt_ll", budget="phase", eps=0.0,
+    cfg = SafetyConfig(enabled=True, diagnostics_every=1, space="step", constraint="prompt_ll", budget="phase", eps=0.0,
                        eps_mode="absolute", batch_prompts=2, heldout_prompts=0, refresh_every=100,
                        rows_every=rows_every, **kw)
     layer = SafetyLayer(cfg, {"gen": [0]}, None, seed=0)

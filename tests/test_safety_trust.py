@@ -37,7 +37,7 @@ class QuadraticAnswers(LinearAnswers):
 
 
 def _layer(mem_cls, *mem_args, constraint="prompt_ll", budget="step", eps=0.0, delta=0.125, **kw):
-    cfg = SafetyConfig(enabled=True, space="step", constraint=constraint, budget=budget, eps=eps,
+    cfg = SafetyConfig(enabled=True, diagnostics_every=1, space="step", constraint=constraint, budget=budget, eps=eps,
                        eps_mode="absolute", batch_prompts=2, heldout_prompts=0, refresh_every=100,
                        trust_region=delta, **kw)
     layer = SafetyLayer(cfg, {"gen": [0]}, None, seed=0)
@@ -130,7 +130,7 @@ def test_tiny_run_with_the_trust_region(tmp_path):
             "protocol.phases=[gen,repair]", "protocol.steps_per_phase=2", "safety.enabled=true",
             "safety.constraint=prompt_ll", "safety.budget=phase", "safety.eps_mode=absolute", "safety.eps=0.01",
             "safety.trust_region=0.001", "safety.memory_prompts=6", "safety.heldout_prompts=2",
-            "safety.batch_prompts=3", "safety.memory_samples=4"]
+            "safety.batch_prompts=3", "safety.memory_samples=4", "safety.diagnostics_every=1"]
     env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")
     proc = subprocess.run([sys.executable, "-m", "retainrl", "train", str(ROOT / "configs" / "smoke.yaml"), *args,
                            "--out", str(out)], cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)

@@ -33,6 +33,7 @@ vmap over the P cotangents 10.2 s, one plain backward 0.9 s).
 
 from __future__ import annotations
 
+import dataclasses
 import random
 
 import torch
@@ -43,9 +44,30 @@ from retainrl.rl.losses import aggregate
 from retainrl.verify.checks import verify_many
 
 
+def trim_padding(r: Rollout) -> Rollout:
+    """The rollout without its all-padding columns (prompt: on the left, completion: on the right).
+
+    A stored answer keeps the widths of the refresh batch it was sampled in (the widest prompt,
+    max_new_tokens); positions come from the attention mask, so dropping columns that are padding
+    in every row leaves every log-prob unchanged and saves their compute (on the bundled model's
+    answer memories about 40% of the tokens of a row were such padding)."""
+    pm, cm = r.prompt_mask.bool(), r.completion_mask.bool()
+    keep_p, keep_c = pm.any(0).nonzero(), cm.any(0).nonzero()
+    # at least one prompt column stays (the completion's first token is predicted from it)
+    start = min(int(keep_p[0]), pm.shape[1] - 1) if keep_p.numel() else 0
+    end = int(keep_c[-1]) + 1 if keep_c.numel() else cm.shape[1]
+    if start == 0 and end == cm.shape[1]:
+        return r
+    return dataclasses.replace(r, prompt_ids=r.prompt_ids[:, start:], prompt_mask=r.prompt_mask[:, start:],
+                               completion_ids=r.completion_ids[:, :end], completion_mask=r.completion_mask[:, :end],
+                               old_logprobs=None if r.old_logprobs is None else r.old_logprobs[:, :end])
+
+
 def cat_rollouts(parts: list[Rollout]) -> Rollout:
-    """Rows of several rollouts as one (group size 1, temperature 1): prompts left-padded and
-    completions right-padded to the widest, padding masked out (pad id 0: never attended to)."""
+    """Rows of several rollouts as one (group size 1, temperature 1): each part's all-padding
+    columns dropped (`trim_padding`), then prompts left-padded and completions right-padded to the
+    widest, padding masked out (pad id 0: never attended to)."""
+    parts = [trim_padding(r) for r in parts]
     P = max(r.prompt_ids.shape[1] for r in parts)
     T = max(r.completion_ids.shape[1] for r in parts)
     pad = torch.nn.functional.pad
@@ -56,18 +78,51 @@ def cat_rollouts(parts: list[Rollout]) -> Rollout:
                    [t for r in parts for t in r.texts], [i for r in parts for i in r.task_index], 1)
 
 
-def answer_loglik(policy, answers: list[Rollout]) -> torch.Tensor:
-    """J (P,): per prompt, the mean over its answers of the token-mean log-likelihood (with graph).
+def distinct_rows(answers: list[Rollout]) -> tuple[list[Rollout], torch.Tensor, torch.Tensor]:
+    """Each prompt's stored answers with identical completions merged into one row.
 
-    answers: P rollouts (each: one prompt's stored answers, >= 1 row); one batched forward."""
-    batch = cat_rollouts(answers)
+    Returns (P rollouts of distinct rows, owner (N,) long: the prompt of each row, weight (N,):
+    how many stored answers the row stands for). A stored answer set holds repeats: the passing
+    samples of a peaked policy often coincide (2026-12-01: 41-45% of the answers in the tuning
+    runs' final checkpoints were distinct), and the weighted mean over distinct rows is exactly
+    the mean over all answers, with fewer rows to run forward and backward."""
+    parts, owner, weight = [], [], []
+    for p, a in enumerate(answers):
+        first: dict[tuple, int] = {}
+        rows, count = [], []
+        for i in range(a.completion_ids.shape[0]):
+            key = tuple(a.completion_ids[i][a.completion_mask[i].bool()].tolist())
+            if key in first:
+                count[first[key]] += 1
+            else:
+                first[key] = len(rows)
+                rows.append(i)
+                count.append(1)
+        parts.append(a if len(rows) == a.completion_ids.shape[0] else a.select(rows))
+        owner += [p] * len(rows)
+        weight += count
+    return parts, torch.tensor(owner, dtype=torch.long), torch.tensor(weight, dtype=torch.float32)
+
+
+def _answer_loglik(policy, answers: list[Rollout]) -> tuple[torch.Tensor, torch.Tensor]:
+    """(J (P,) with graph, owner (N,): the prompt of each row of the one batched forward)."""
+    parts, owner, weight = distinct_rows(answers)
+    batch = cat_rollouts(parts)
     lp, _, _ = completion_logprobs(policy, batch)                              # (N, T)
     mask = batch.completion_mask.to(lp.device).to(lp.dtype)
     per_row = (lp * mask).sum(-1) / mask.sum(-1).clamp(min=1)                  # (N,)
-    owner = torch.repeat_interleave(torch.arange(len(answers), device=lp.device),
-                                    torch.tensor([a.completion_ids.shape[0] for a in answers], device=lp.device))
-    J = torch.zeros(len(answers), dtype=per_row.dtype, device=lp.device).index_add(0, owner, per_row)
-    return J / torch.bincount(owner, minlength=len(answers)).to(J.dtype)
+    owner, weight = owner.to(lp.device), weight.to(lp.device).to(per_row.dtype)
+    total = torch.zeros(len(answers), dtype=per_row.dtype, device=lp.device)
+    J = total.index_add(0, owner, per_row * weight) / total.index_add(0, owner, weight)
+    return J, owner
+
+
+def answer_loglik(policy, answers: list[Rollout]) -> torch.Tensor:
+    """J (P,): per prompt, the mean over its answers of the token-mean log-likelihood (with graph).
+
+    answers: P rollouts (each: one prompt's stored answers, >= 1 row); one batched forward over
+    the distinct answers (`distinct_rows`), weighted by their counts."""
+    return _answer_loglik(policy, answers)[0]
 
 
 def _linear_modules(model, params) -> list | None:
@@ -92,15 +147,13 @@ def _per_prompt_by_hooks(policy, params, answers: list[Rollout], mods: list):
 
     handles = [m.register_forward_hook(fwd) for m in {id(m): m for m in mods}.values()]
     try:
-        J = answer_loglik(policy, answers)
+        J, owner = _answer_loglik(policy, answers)
         if any(len(v) != 1 for v in seen.values()):  # a layer used twice (or never): no row pairing
             return J, None
         J.sum().backward(inputs=list(params))
     finally:
         for h in handles:
             h.remove()
-    counts = [a.completion_ids.shape[0] for a in answers]
-    owner = torch.repeat_interleave(torch.arange(len(answers)), torch.tensor(counts))
     out = []
     for m in mods:
         if len(grads_out[id(m)]) != 1:  # no gradient reached this layer: zeros
@@ -142,6 +195,48 @@ def per_prompt_values_and_grads(policy, params, answers: list[Rollout], method: 
         grads = [torch.stack([g[k] for g in per]).reshape(J.shape[0], -1) for k in range(len(params))]
     flat = torch.cat([g.to(torch.float32) for g in grads], 1)
     return J.detach().double().cpu(), flat
+
+
+def _own_evaluation(mem, name: str) -> bool:
+    """Whether `mem` evaluates J with AnswerMemory's own `name` method (answers through the policy);
+    a memory class that defines its own (a stand-in for J) is evaluated one memory at a time."""
+    return getattr(type(mem), name) is getattr(AnswerMemory, name)
+
+
+def values_many(policy, picks: list[tuple["AnswerMemory", list[int]]]) -> list[torch.Tensor]:
+    """J_p (len(prompts),) float64, no graph, per (memory, prompts) pick: one batched forward over
+    every pick whose memory uses AnswerMemory's evaluation."""
+    out: list[torch.Tensor | None] = [None] * len(picks)
+    batch = [i for i, (m, prompts) in enumerate(picks) if prompts and _own_evaluation(m, "values")]
+    for i, (m, prompts) in enumerate(picks):
+        if i not in batch:
+            out[i] = m.values(policy, prompts) if prompts else torch.zeros(0, dtype=torch.float64)
+    if batch:
+        with torch.no_grad():
+            J = answer_loglik(policy, [picks[i][0].answers[p] for i in batch for p in picks[i][1]]).double().cpu()
+        for i, v in zip(batch, torch.split(J, [len(picks[i][1]) for i in batch])):
+            out[i] = v
+    return out
+
+
+def values_and_grads_many(policy, params, picks: list[tuple["AnswerMemory", list[int]]], method: str = "auto"):
+    """(J (P_i,) float64, gradients (P_i, d) float32) per (memory, prompts) pick, from ONE batched
+    forward and backward (`per_prompt_values_and_grads`) over every pick whose memory uses
+    AnswerMemory's evaluation: several protected skills cost one pass, not one each."""
+    d = sum(q.numel() for q in params)
+    out: list[tuple | None] = [None] * len(picks)
+    batch = [i for i, (m, prompts) in enumerate(picks) if prompts and _own_evaluation(m, "values_and_grads")]
+    for i, (m, prompts) in enumerate(picks):
+        if i not in batch:
+            out[i] = m.values_and_grads(policy, params, prompts, method) if prompts else \
+                (torch.zeros(0, dtype=torch.float64), torch.zeros(0, d))
+    if batch:
+        J, G = per_prompt_values_and_grads(policy, params,
+                                           [picks[i][0].answers[p] for i in batch for p in picks[i][1]], method)
+        sizes = [len(picks[i][1]) for i in batch]
+        for i, j, g in zip(batch, torch.split(J, sizes), torch.split(G, sizes)):
+            out[i] = (j, g)
+    return out
 
 
 class AnswerMemory:
@@ -189,13 +284,14 @@ class AnswerMemory:
         return [n + i for i in range(len(self.heldout)) if self.answers[n + i] is not None]
 
     def values(self, policy, prompts: list[int]) -> torch.Tensor:
-        """J_p (len(prompts),) float64, no graph."""
+        """J_p (len(prompts),) float64, no graph (several memories at once: `values_many`)."""
         if not prompts:
             return torch.zeros(0, dtype=torch.float64)
         with torch.no_grad():
             return answer_loglik(policy, [self.answers[p] for p in prompts]).double().cpu()
 
     def values_and_grads(self, policy, params, prompts: list[int], method: str = "auto"):
+        """(J_p, per-prompt gradients) of `prompts` (several memories at once: `values_and_grads_many`)."""
         return per_prompt_values_and_grads(policy, params, [self.answers[p] for p in prompts], method)
 
 

@@ -106,7 +106,7 @@ import torch
 
 from retainrl.parallel import (all_sum, all_sum_tensor, allreduce_mean, flat_grad, flat_params, is_sharded,
                                mean_grad, set_grads, set_params)
-from retainrl.safety.estimates import AnswerMemory, SkillMemory
+from retainrl.safety.estimates import AnswerMemory, SkillMemory, values_and_grads_many, values_many
 from retainrl.safety.project import project_sequential, project_with_info
 from retainrl.seeds import derive_seed
 
@@ -240,7 +240,7 @@ class Constraints:
     heldout_after: Callable[[str], float] | None = None
     extra: dict[str, float] = field(default_factory=dict)  # builder metrics (budgets, ranks)
     sharded: bool = False                          # G's columns are this rank's shard (FSDP2)
-    after: Callable[[torch.Tensor], dict[str, float]] | None = None  # applied step -> builder diagnostics
+    after: Callable[[torch.Tensor, bool], dict[str, float]] | None = None  # (applied step, measure realised) -> metrics
 
 
 def skill_mean_rows(layer: "SafetyLayer", policy, params, sandbox, step: int, skills: list[str]) -> Constraints:
@@ -279,29 +279,46 @@ def _eps_of(cfg, s: str) -> float:
     return float((cfg.eps_per_skill or {}).get(s, cfg.eps))
 
 
-def _answer_terms(layer: "SafetyLayer", policy, params, sandbox, step: int, s: str):
-    """Skill s's answer memory at this step: (memory, constraint prompts, held-out prompts,
-    J (P + H,) float64, reward gradients (P + H, d) rank-averaged), or None without answers."""
+def _answer_terms(layer: "SafetyLayer", policy, params, sandbox, step: int, skills: list[str]) -> dict:
+    """skill -> (memory, constraint prompts, held-out prompts, J (P + H,) float64, reward gradients
+    (P + H, d) rank-averaged), or None without answers. The skills whose rows are due are computed
+    in one batched forward + backward together (estimates.values_and_grads_many); the values of
+    reused rows in one no-grad forward."""
     cfg = layer.cfg
     if is_sharded(params):
         raise ValueError(f"safety.constraint={layer.constraint}: per-prompt gradients are formed from whole layer "
                          f"weights and have no sharded (FSDP) form; use constraint=skill_mean under FSDP")
-    mem = layer.refresh_if_due(policy, sandbox, step, s)
-
-    def compute():
-        prompts, held = mem.next_prompts(cfg.batch_prompts), mem.heldout_prompts()
-        if not prompts:  # no prompt of this skill has ever been answered correctly: nothing to keep
-            return None
-        J, grads = mem.values_and_grads(policy, params, prompts + held)
-        return prompts, held, J, allreduce_mean(grads)
-
-    terms, shift = layer.cached_rows(s, step, params, mem.refreshed_at, compute)
-    if terms is None:
-        return None
-    prompts, held, J, grads = terms
-    if shift is not None:  # reused gradients (at theta_c), values measured now (budgets and trust need the level)
-        J = mem.values(policy, prompts + held)
-    return mem, prompts, held, J, grads
+    mems = {s: layer.refresh_if_due(policy, sandbox, step, s) for s in skills}
+    diagnose = layer.diagnosing(step)   # held-out rows only on diagnostic steps: they never constrain
+    picked = {}
+    for s in skills:
+        if layer.rows_due(s, step, mems[s].refreshed_at):
+            prompts = mems[s].next_prompts(cfg.batch_prompts)
+            # no prompt of this skill has ever been answered correctly: nothing to keep
+            picked[s] = (prompts, mems[s].heldout_prompts() if diagnose else []) if prompts else None
+    live = [s for s in picked if picked[s] is not None]
+    computed = dict.fromkeys(picked)
+    if live:
+        done = values_and_grads_many(policy, params, [(mems[s], sum(picked[s], [])) for s in live])
+        grads = allreduce_mean(torch.cat([g for _, g in done]))   # one all-reduce for every skill
+        for s, (J, _), g in zip(live, done, torch.split(grads, [len(J) for J, _ in done])):
+            computed[s] = (*picked[s], J, g)
+    terms = {s: layer.cached_rows(s, step, params, mems[s].refreshed_at, lambda s=s: computed[s]) for s in skills}
+    if not diagnose:   # reused rows stored on a diagnostic step: without their held-out part
+        terms = {s: ((t[0], [], t[2][:len(t[0])], t[3][:len(t[0])]), shift) if t is not None and t[1] else (t, shift)
+                 for s, (t, shift) in terms.items()}
+    # reused gradients (at theta_c), values measured now (budgets and trust need the level)
+    reused = [s for s in skills if terms[s][0] is not None and terms[s][1] is not None]
+    now = values_many(policy, [(mems[s], terms[s][0][0] + terms[s][0][1]) for s in reused])
+    out = {}
+    for s in skills:
+        t, _ = terms[s]
+        if t is None:
+            out[s] = None
+            continue
+        prompts, held, J, grads = t
+        out[s] = (mems[s], prompts, held, now[reused.index(s)] if s in reused else J, grads)
+    return out
 
 
 def _anchor_values(layer: "SafetyLayer", policy, params, s: str, prompts: list[int]) -> torch.Tensor:
@@ -336,8 +353,9 @@ def _answer_constraints(layer: "SafetyLayer", policy, params, sandbox, step: int
     radius = (2 * cfg.trust_region) ** 0.5 if trust else 0.0       # |a_p + g_p . Delta| <= sqrt(2 delta)
     trusted: dict[str, tuple] = {}     # skill -> (g_p rows (P, d), a_p (P,), J_p(theta_0) (P,))
     mode = "absolute" if cfg.budget == "phase" or trust else cfg.eps_mode
+    every_terms = _answer_terms(layer, policy, params, sandbox, step, skills)
     for s in skills:
-        terms = _answer_terms(layer, policy, params, sandbox, step, s)
+        terms = every_terms[s]
         if terms is None:
             extra[f"safety/rows/{s}"] = 0.0
             continue
@@ -391,21 +409,29 @@ def _answer_constraints(layer: "SafetyLayer", policy, params, sandbox, step: int
         extra[f"safety/rows/{s}"] = float(2 * B.shape[0] + (cfg.budget == "phase") + 2 * P * trust)
 
     mems = layer.answer_memories
-    now: dict[str, torch.Tensor] = {}   # skill -> J_p after the step (P,), one forward shared by the diagnostics
+    # skill -> (J_p after the step on its constraint prompts (P,), on its held-out prompts (H,)):
+    # one forward over every skill's prompts, shared by the diagnostics, run on first use
+    now: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def measure_after() -> None:
+        if not now:
+            vals = values_many(policy, [(mems[s], used[s][0] + used[s][1]) for s in used])
+            for s, v in zip(used, vals):
+                now[s] = (v[:len(used[s][0])], v[len(used[s][0]):])
 
     def values_after(s: str) -> torch.Tensor:
-        if s not in now:
-            now[s] = mems[s].values(policy, used[s][0])
-        return now[s]
+        measure_after()
+        return now[s][0]
 
     def J_after(s: str) -> float:
         return float(values_after(s).mean())
 
     def heldout_after(s: str) -> float:
-        return float(mems[s].values(policy, used[s][1]).mean())
+        measure_after()
+        return float(now[s][1].mean())
 
-    def after(applied: torch.Tensor) -> dict[str, float]:
-        return _trust_diagnostics(layer.cfg, trusted, applied, values_after)
+    def after(applied: torch.Tensor, realised: bool) -> dict[str, float]:
+        return _trust_diagnostics(layer.cfg, trusted, applied, values_after, realised)
 
     G = torch.cat(rows) if rows else torch.zeros(0, d)
     return Constraints(G, torch.tensor(eps, dtype=torch.float64), mode, owners, J_before, J_after,
@@ -414,7 +440,7 @@ def _answer_constraints(layer: "SafetyLayer", policy, params, sandbox, step: int
 
 
 def _trust_diagnostics(cfg, trusted: dict, applied: torch.Tensor,
-                       values_after: Callable[[str], torch.Tensor]) -> dict[str, float]:
+                       values_after: Callable[[str], torch.Tensor], realised: bool) -> dict[str, float]:
     """Per trust-region skill: the model's KL after the step (max over prompts of
     1/2 (a_p + g_p . Delta)^2, <= delta by construction) and, with measure_realised, the
     measured one, 1/2 (J_p(theta_t + Delta) - J_p(theta_0))^2, and the fraction of prompts
@@ -423,7 +449,7 @@ def _trust_diagnostics(cfg, trusted: dict, applied: torch.Tensor,
     for s, (M, a, J0) in trusted.items():
         model = 0.5 * (a + M.double() @ applied.double()) ** 2
         out[f"safety/trust/kl_predicted/{s}"] = float(model.max())
-        if cfg.measure_realised:
+        if realised:
             real = 0.5 * (values_after(s) - J0) ** 2
             out[f"safety/trust/kl_realised/{s}"] = float(real.max())
             out[f"safety/trust/outside_frac/{s}"] = float((real > delta * (1 + 1e-6)).double().mean())
@@ -509,20 +535,26 @@ class SafetyLayer:
         self.triggered: dict[str, bool] = {}
         self.events: list[dict] = []
         self.row_cache: dict[str, tuple] = {}        # skill -> (step, memory refresh, theta_c, builder terms)
+        self.refreshed_for: dict[str, tuple | None] = {}  # skill -> the protected set its memory was filled for
 
     def cached_rows(self, skill: str, step: int, params, refreshed_at: int, compute: Callable[[], object]):
         """(terms, shift): `compute()`'s result for `skill`, recomputed when rows_every steps have
         passed since it was computed, the memory was refreshed since, or there is none; otherwise
         the stored one with shift = theta_t - theta_c (d,) float64 for moving its values to now
         (shift None: computed at this step)."""
-        every = getattr(self.cfg, "rows_every", 1)
-        hit = self.row_cache.get(skill)
-        if every > 1 and hit is not None and hit[1] == refreshed_at and 0 <= step - hit[0] < every:
+        if not self.rows_due(skill, step, refreshed_at):
+            hit = self.row_cache[skill]
             return hit[3], (flat_params(params) - hit[2]).double()
         terms = compute()
-        if every > 1:
+        if getattr(self.cfg, "rows_every", 1) > 1:
             self.row_cache[skill] = (step, refreshed_at, flat_params(params), terms)
         return terms, None
+
+    def rows_due(self, skill: str, step: int, refreshed_at: int) -> bool:
+        """Whether `cached_rows` computes `skill`'s rows at this step (else it reuses the stored ones)."""
+        every = getattr(self.cfg, "rows_every", 1)
+        hit = self.row_cache.get(skill)
+        return not (every > 1 and hit is not None and hit[1] == refreshed_at and 0 <= step - hit[0] < every)
 
     def memory(self, skill: str) -> SkillMemory:
         if skill not in self.memories:
@@ -552,8 +584,11 @@ class SafetyLayer:
         return mem, "safety/answers", mem.refreshed_at < 0
 
     def memory_due(self, step: int, skill: str) -> bool:
-        """Whether `skill`'s constraint memory is empty or refresh_every steps old."""
+        """Whether `skill`'s constraint memory is empty or refresh_every steps old (refresh_every 0:
+        filled for another protected set, i.e. before this phase started)."""
         mem, _, empty = self._constraint_memory(skill)
+        if self.cfg.refresh_every == 0:
+            return empty or self.refreshed_for.get(skill) != self.anchor_for
         return empty or step - mem.refreshed_at >= self.cfg.refresh_every
 
     def refresh_if_due(self, policy, sandbox, step: int, skill: str):
@@ -562,6 +597,7 @@ class SafetyLayer:
         mem, salt, _ = self._constraint_memory(skill)
         if self.memory_due(step, skill):
             mem.refresh(policy, sandbox, self.sampling, seed=derive_seed(self.seed, step, f"{salt}/{skill}"), step=step)
+            self.refreshed_for[skill] = self.anchor_for
         return mem
 
     def mark_phase(self, protected: list[str] | None, params) -> None:
@@ -570,6 +606,11 @@ class SafetyLayer:
         if self.anchor is None or (key is not None and key != self.anchor_for):
             self.anchor, self.anchor_for = flat_params(params), key
             self.anchor_id += 1
+
+    def diagnosing(self, step: int) -> bool:
+        """Whether this step measures the diagnostics that cost passes of their own (held-out rows,
+        realised changes): every `diagnostics_every` steps."""
+        return step % max(1, getattr(self.cfg, "diagnostics_every", 1)) == 0
 
     def switched_on(self, protected: list[str], step: int, curves: dict[str, list[float]] | None = None) -> list[str]:
         """The protected skills whose constraint is on at this step (all of them without the trigger).
@@ -606,7 +647,7 @@ class SafetyLayer:
         `params`); sandbox: the verifier of memory refreshes; step: steps done so far;
         protected: protected_skills(...) of this step; curves: skill -> evaluation history
         (the trigger's eval source)."""
-        if protected and self.constraint != "skill_mean":
+        if protected and (self.constraint != "skill_mean" or self.cfg.refresh_every == 0):
             self.mark_phase(protected, params)
         skills = self.switched_on(protected, step, curves)
         metrics: dict[str, float] = {"safety/num_protected": float(len(skills))}
@@ -624,17 +665,17 @@ class SafetyLayer:
         metrics.update({k.replace("proj/", "safety/"): v for k, v in pm.items()})
         if "safety/num_active" in metrics and cons.G.shape[0]:
             metrics["safety/active_frac"] = metrics["safety/num_active"] / cons.G.shape[0]
-        metrics.update(self._diagnostics(g, cons, applied))
+        metrics.update(self._diagnostics(g, cons, applied, self.cfg.measure_realised and self.diagnosing(step)))
         return metrics
 
-    def _diagnostics(self, g: torch.Tensor, cons: Constraints, applied: torch.Tensor) -> dict:
+    def _diagnostics(self, g: torch.Tensor, cons: Constraints, applied: torch.Tensor, realised: bool) -> dict:
         """Per skill (the builder's skill row, else the mean of its rows, i.e. the gradient of the
         mean of its row objectives): predicted and realised change of J_s, cosines; over all
         rows: active fraction, share of the step in their span, largest |cos| with a row."""
         out = dict(cons.extra)
         out.update(step_geometry(cons.G, applied, cons.sharded))
         if cons.after is not None:
-            out.update(cons.after(applied))
+            out.update(cons.after(applied, realised))
         skills = list(cons.skill_rows) if cons.skill_rows else list(dict.fromkeys(cons.owners))
         if not skills:
             return out
@@ -645,12 +686,12 @@ class SafetyLayer:
         gram = _gram_of(torch.cat([g[None].double(), rows, applied[None].double()]), cons.sharded)
         for i, s in enumerate(skills):
             out[f"safety/predicted_dJ/{s}"] = float(-gram[1 + i, -1])
-            if self.cfg.measure_realised and cons.J_after is not None:
+            if realised and cons.J_after is not None:
                 out[f"safety/realised_dJ/{s}"] = cons.J_after(s) - cons.J_before[s]
             if s in cons.heldout:
                 row, J0 = cons.heldout[s]
                 out[f"safety/heldout_predicted_dJ/{s}"] = float(-(row.double() @ applied.double()))
-                if self.cfg.measure_realised and cons.heldout_after is not None:
+                if realised and cons.heldout_after is not None:
                     out[f"safety/heldout_realised_dJ/{s}"] = cons.heldout_after(s) - J0
         names = ["target"] + skills
         vg = gram[:-1, :-1]
@@ -672,7 +713,8 @@ class SafetyLayer:
                                                                     "refreshed_at", "pass_rate")}
                                     for s, m in self.answer_memories.items()},
                 "anchor": self.anchor, "anchor_for": list(self.anchor_for) if self.anchor_for is not None else None,
-                "row_cache": self.row_cache}
+                "row_cache": self.row_cache,
+                "refreshed_for": {k: list(v) if v is not None else None for k, v in self.refreshed_for.items()}}
 
     def load_state(self, state: dict) -> None:
         self.reference, self.triggered, self.events = state["reference"], state["triggered"], state["events"]
@@ -685,6 +727,7 @@ class SafetyLayer:
             for k, v in d.items():
                 setattr(m, k, list(v) if k in ("tasks", "heldout", "answers") else v)
         self.row_cache = dict(state.get("row_cache") or {})
+        self.refreshed_for = {k: tuple(v) if v is not None else None for k, v in (state.get("refreshed_for") or {}).items()}
         if state.get("anchor") is not None:
             self.anchor = state["anchor"]
             self.anchor_for = tuple(state["anchor_for"]) if state.get("anchor_for") is not None else None

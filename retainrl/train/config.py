@@ -131,15 +131,22 @@ class SafetyConfig:
     memory_samples: int = option(4, "Stored samples per memory prompt (a GRPO group).", check=lambda v: v >= 2, must="be >= 2")
     batch_prompts: int = option(8, "Memory prompts per gradient estimate (x memory_samples rows).",
                                 check=lambda v: v >= 1, must="be >= 1")
-    refresh_every: int = option(10, "Regenerate the stored rollouts every this many steps (1: fresh-rollout mode).",
-                                check=lambda v: v >= 1, must="be >= 1")
+    refresh_every: int = option(10, "Regenerate the stored rollouts / answers every this many steps (1: fresh-rollout "
+                                    "mode; 0: once per phase, when the protected set changes: the answers of the "
+                                    "phase-start policy are kept for the whole phase).",
+                                check=lambda v: v >= 0, must="be >= 0")
     is_clip: float = option(2.0, "Truncation of the importance ratio for stale memory rollouts.",
                             check=lambda v: v >= 1, must="be >= 1")
     trigger: bool = option(False, "Switch a constraint on only when the skill falls more than tau below its reference.")
     tau: float = option(0.05, "Trigger threshold (pass@1 or memory reward).", check=lambda v: v >= 0, must="be >= 0")
     trigger_source: Literal["eval", "memory"] = option("eval", "What the trigger watches: the online eval pass@1 "
                                                        "or the memory buffer's mean reward.")
-    measure_realised: bool = option(True, "After each step, measure the realised change of J_s on the memory rows.")
+    measure_realised: bool = option(True, "After a diagnostic step, measure the realised change of J_s on the memory "
+                                          "rows (one no-grad forward).")
+    diagnostics_every: int = option(5, "Steps between the diagnostics that cost passes of their own: the held-out "
+                                       "memory prompts' gradients (predicted change) and, with measure_realised, the "
+                                       "realised changes after the step. Never changes the update. 1: every step.",
+                                    check=lambda v: v >= 1, must="be >= 1")
     constraint: Literal["skill_mean", "prompt_ll", "prompt_ll_subspace"] = option(
         "prompt_ll", "Constraint rows (safety/layer.py). skill_mean: one row per skill, the gradient of its GRPO "
                       "memory surrogate (A-GEM-like; zero for groups whose rewards are all equal). prompt_ll: one row "
