@@ -99,13 +99,20 @@ def test_two_ranks_apply_the_single_process_update(overrides):
     assert torch.allclose(a, single, atol=1e-6), (a - single).abs().max()
 
 
-def test_torchrun_two_ranks_end_to_end(tmp_path):
+# the skill-safe default (prompt_ll rows, phase budget) in phase 2: memories, rows and the held-out
+# diagnostics on every rank, every step
+SAFE = ["safety.enabled=true", "safety.memory_prompts=8", "safety.heldout_prompts=2", "safety.batch_prompts=3",
+        "safety.diagnostics_every=1"]
+
+
+@pytest.mark.parametrize("extra", [[], SAFE], ids=["plain", "skill-safe"])
+def test_torchrun_two_ranks_end_to_end(tmp_path, extra):
     out = tmp_path / "ddp"
     env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(_free_port()),
            "-m", "retainrl", "train", str(ROOT / "configs" / "smoke.yaml"), "protocol.phases=[gen,repair]",
            "world.n_heldout=1", "sampling.max_new_tokens=24", "eval.max_new_tokens=24", "sandbox_workers=1",
-           "--out", str(out)]
+           *extra, "--out", str(out)]
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
     summary = json.loads((out / "summary.json").read_text())
@@ -118,3 +125,9 @@ def test_torchrun_two_ranks_end_to_end(tmp_path):
     # one held-out task per skill: rank 1's shards are empty, and the merge still counts n = 1
     assert len(evals) == 3 * 3 and all(r["n"] == 1 for r in evals)
     assert proc.stdout.count("run directory:") == 1
+    if extra:   # both ranks projected on the same rows (identical adapters above), and rows there were
+        protected = [r for r in train if r["phase"] == 1]
+        assert all(r["safety/num_protected"] == 1.0 for r in protected)
+        assert any(r.get("safety/rows/gen", 0) > 0 for r in protected), protected
+        assert all("safety/predicted_dJ/gen" in r and "safety/budget/gen" in r
+                   for r in protected if r.get("safety/rows/gen", 0) > 0)

@@ -13,8 +13,9 @@ Fresh mode is memory mode with refresh_every = 1 (every step new rollouts, ratio
 
 Answer-likelihood mode (`AnswerMemory`, the quantity of the per-prompt constraints): a fixed
 set of a skill's training prompts, each with up to `samples` verified-correct answers of the
-policy (refreshed every `refresh_every` steps from the current policy's passing samples; a
-prompt with no passing sample in a refresh keeps its previous answers). Per prompt p
+policy (refreshed every `refresh_every` steps from the current policy's passing samples, or with
+refresh_every = 0 once per phase, when the protected set changes; a prompt with no passing sample in
+a refresh keeps its previous answers). Per prompt p
 
     J_p(theta) = mean over stored answers a of  token_mean_t log p_theta(a_t | p, a_<t)   (T = 1)
 
@@ -29,6 +30,14 @@ identity of Goodfellow 2015 / Opacus, summed per prompt). When a trainable tenso
 hookable linear weight, P backward passes through the same graph instead (measured on the
 bundled model, 12 prompts x 4 answers x 48 tokens, one CPU thread: loop 5.9 s, autograd's
 vmap over the P cotangents 10.2 s, one plain backward 0.9 s).
+
+Cost: the pass costs what its tokens cost, so the batch holds only what changes J. Repeated
+answers of one prompt are one row weighted by their count (`distinct_rows`; J_p is then a weighted
+mean, the same number), columns that are padding in every row of a prompt's answers are dropped
+(`trim_padding`; positions come from the attention mask), and every protected skill's prompts go
+into one pass (`values_and_grads_many`, `values_many`). On a trained run's memory (2026-12-01,
+session 7: 10 + 7 prompts, 43 stored answers of widths 96 + 64) this took the rows from 2.0 s to
+0.77 s.
 """
 
 from __future__ import annotations

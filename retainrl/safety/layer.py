@@ -72,6 +72,10 @@ every input it needs as an argument, so any trainer can call it:
    change diagnostic, moved to first order (no forward). A memory refresh recomputes at once.
    The slacks, the projection and the diagnostics run every step; the backward (and for
    skill_mean the forward) is amortised over k steps.
+   Memory refreshes (`refresh_every` = r): a memory is regenerated every r steps (generation and
+   verification of every memory prompt, the step's largest extra cost), or with r = 0 once per
+   phase, when the protected set changes: the answers of the phase-start policy are then what the
+   phase keeps, which is the budget's theta_0 read literally.
 3. Under torch.distributed g and every row are all-reduced (mean) before projecting, so every
    rank projects the same vectors and applies the same update. With sharded parameters (FSDP2:
    DTensors, flat vectors are each rank's local shard; parallel.py) the gradients are already
@@ -91,7 +95,9 @@ every input it needs as an argument, so any trainer can call it:
    change of each J_s (<grad J_s, Delta applied>) and the realised change on the same rows
    after the step; for the answer-likelihood constraints also both on held-out memory prompts
    (`heldout_prompts`, never constrained) and, with budget "phase", the drift J_s - J_s(theta_0)
-   and the budget c_s.
+   and the budget c_s. The two that cost passes of their own, the held-out prompts' gradients and
+   the realised changes (one no-grad forward after the step, `measure_realised`), are measured on
+   every `diagnostics_every`-th step only; they never change the update.
 
 Seeds: a memory's prompts and each refresh's rollouts come from seeds.derive_seed(run seed,
 ...) keyed by the skill (and the step), the same on every rank.
