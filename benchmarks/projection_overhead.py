@@ -1,33 +1,36 @@
-"""Step time of a skill-safe GRPO step (2 protected skills; optionally 4) against the plain step on the
-same batch, side by side in one run, on the bundled tiny model, for the seed's constraint
-(skill_mean) and for the default (prompt_ll, phase budget), each with rows recomputed every step and with rows reused
-(safety.rows_every = k, amortised).
+"""Step time of a skill-safe GRPO step (2 protected skills) against the plain step on the same batch,
+side by side in one run, on the bundled tiny model: per update, and all in (with the memory refreshes
+and the diagnostics amortised over the steps they serve).
 
-    python benchmarks/projection_overhead.py [--rounds 3] [--quick] [--rows_every 5] [--four]
+    python benchmarks/projection_overhead.py [--rounds 5] [--quick] [--fills 4] [--rows_every 5]
 
 Each round times, in alternation, one update (objective.update: log-probs, losses, backward,
 clip, and either opt.step() or the safety layer's step) on one fixed rollout batch (8 prompts x
-8 samples, completions of the bundled model), after the memories were filled once (memory
-refreshes are amortised over `refresh_every` steps and timed separately). Variants:
+8 samples, completions of the bundled model), and once the rest of a step (a fresh rollout of the
+same 8 prompts x 8 and its verification: identical work for every variant). The memories have
+SafetyConfig's default sizes (32 prompts, 4 held out, 4 samples, 8 prompts per step) and are filled
+`--fills` times before timing (a prompt keeps its answers when a refresh has no passing sample, so
+after a few refreshes most prompts have answers, as in training; with one fill of the base policy only
+a third of them do, and the rows cost a third of what they cost in a run). Variants:
 
-  plain          opt.step()
-  safe-2         skill_mean (the seed's A-GEM-like row), rows every step: 2 extra forward + backward passes
-                 over 8 memory prompts x 4 samples each
-  safe-2/k       the same with rows_every = k: one update with the rows computed (= safe-2's
-                 time) and k - 1 with them reused; timed as (t_computed + (k-1) t_reused) / k,
-                 t_reused measured on its own update each round
-  pll-2, pll-2/k prompt_ll, budget phase (SafetyConfig's default): per-prompt gradients of 8 + 4 held-out memory prompts
-                 x <= 4 verified answers per skill, one batched forward + backward per skill
-  safe-4         (--four) each memory used twice: 4 extra passes, a 4-row projection
+  plain        opt.step()
+  safe-2       skill_mean (the seed's A-GEM-like row), rows every step
+  pll-2        prompt_ll, budget phase (SafetyConfig's default), on a step without diagnostics:
+               per-prompt gradients of 8 memory prompts per skill, both skills in one batched pass
+  pll-2+diag   the same on a diagnostic step (every diagnostics_every = 5 steps by default): + the held-out
+               prompts' gradients and the realised-change forward after the step
+  pll-2/k      the default with rows_every = k (k = 2 and --rows_every, default 5): (t_computed + (k-1)
+               t_reused) / k, t_reused measured on its own update each round
+  pll-2 b4     the default with batch_prompts = 4 (4 constraint prompts per skill per step, not 8)
 
-Reported: median (and fastest-round) update seconds per variant, the ratio to plain, the same in CPU
-seconds of this process (process_time: on a machine shared with other jobs it moves less than wall
-time; the rollout's verification runs in sandbox workers and is not in it), and the time inside
-`project_with_info` as a fraction of the step. Each round also times the rest of a full step
-once (a fresh rollout of the same 8 prompts x 8 and its verification, identical work for every
-variant), so the full-step ratio is (rollout + verify + safe update) / (rollout + verify + plain
-update). Goal (issue 12, section 3): <= 1.15x with 2 protected skills; the projection itself < 1%.
-measure_realised is off (the realised-change diagnostic is one more forward per skill per step).
+The default's update is amortised as (t_diag + (d-1) t_pll) / d, d = diagnostics_every (the other
+prompt_ll variants get the same diagnostics' share added). Memory
+refreshes (generation + verification of every memory prompt x 4 samples, and the phase budget's
+anchor forward on the new answers) are timed per refresh of both skills and amortised over
+refresh_every = 10 steps (SafetyConfig's default) and, for refresh_every = 0 (answers kept for the
+phase), over a phase of 20 steps (configs/seq_v3.yaml). Reported: median and fastest-round times,
+ratios to plain per update, per full step (rollout + verify + update) and all in, and CPU seconds of
+this process. Goal (issue 12, section 3): <= 1.15x a plain step with 2 protected skills.
 """
 
 from __future__ import annotations
@@ -43,7 +46,9 @@ import torch
 
 from retainrl.config import load_config
 from retainrl.policy.rollout import generate
+from retainrl.safety import estimates
 from retainrl.safety import layer as safety_layer
+from retainrl.seeds import derive_seed
 from retainrl.train import objective
 from retainrl.train.config import RunConfig
 from retainrl.train.trainer import Trainer
@@ -51,54 +56,71 @@ from retainrl.verify import Sandbox
 from retainrl.verify.checks import verify_many
 
 ROOT = Path(__file__).resolve().parents[1]
+SKILLS = ["gen", "repair"]      # training reason: gen and repair protected
 
 
 def build(safe: bool, out: Path) -> Trainer:
-    overrides = ["protocol.kind=sequential", "protocol.steps_per_phase=1", "world.n_train=64", "world.n_heldout=4",
-                 "safety.memory_prompts=8", "safety.memory_samples=4", "safety.batch_prompts=8",
-                 "safety.refresh_every=1000000", "safety.measure_realised=false", "tensorboard=false", "model.threads=2"]
+    overrides = ["protocol.kind=sequential", "protocol.steps_per_phase=1", "world.n_heldout=4",
+                 "safety.refresh_every=1000000", "tensorboard=false", "model.threads=2"]   # refreshes: by hand
     extra = ["safety.enabled=true", "protocol.phases=[gen,repair,reason]"] if safe else ["protocol.phases=[gen]"]
     return Trainer(load_config(RunConfig, ROOT / "configs" / "gain_gen.yaml", overrides + extra), out)
 
 
-def layers(safe: Trainer, sb, k: int, four: bool) -> tuple[dict, dict]:
-    """name -> (SafetyLayer, protected skills); the memories filled once and shared by the layers of
-    one constraint. Returns (variants, memory refresh seconds per constraint)."""
-    base, skills, refresh = safe.cfg.safety, ["gen", "repair"], {}   # training reason: gen, repair protected
-    out = {}
-    # safe: the seed's constraint (skill_mean, per-step relative slack); pll: SafetyConfig's default
-    # (prompt_ll with the phase budget)
-    for tag, constraint, kw in (("safe", "skill_mean", dict(budget="step", eps_mode="relative", eps=0.0)),
-                                ("pll", "prompt_ll", {})):
-        every = safety_layer.SafetyLayer(dataclasses.replace(base, constraint=constraint, **kw), safe.train_tasks,
-                                         safe.cfg.sampling, safe.cfg.seed)
-        reuse = safety_layer.SafetyLayer(dataclasses.replace(base, constraint=constraint, rows_every=k, **kw),
-                                         safe.train_tasks, safe.cfg.sampling, safe.cfg.seed)
-        t0 = time.perf_counter()
-        for s in skills:
-            every.refresh_if_due(safe.policy, sb, 0, s)
-        refresh[constraint] = time.perf_counter() - t0
-        reuse.memories, reuse.answer_memories = every.memories, every.answer_memories
-        out[f"{tag}-2"] = (every, skills)
-        out[f"{tag}-2/{k}"] = (reuse, skills)
-    if four:
-        out["safe-4"] = (out["safe-2"][0], skills * 2)
-    return out, refresh
+def fill(layer, policy, sb, fills: int) -> dict:
+    """Refresh each protected skill's memory `fills` times (seeds of steps 0, 10, ...); the memory's
+    size after it, per skill."""
+    sizes = {}
+    for s in SKILLS:
+        mem, salt, _ = layer._constraint_memory(s)
+        for i in range(fills):
+            mem.refresh(policy, sb, layer.sampling, seed=derive_seed(layer.seed, 10 * i, f"{salt}/{s}"), step=0)
+        if isinstance(mem, estimates.AnswerMemory):
+            have = [a for a in mem.answers if a is not None]
+            _, owner, w = estimates.distinct_rows(have) if have else (None, torch.zeros(0), torch.zeros(0))
+            sizes[s] = {"prompts": len(mem.answers), "answered": len(have), "answers": int(w.sum()),
+                        "distinct": int(owner.numel())}
+    return sizes
+
+
+def time_refresh(layer, policy, sb, params, sharing=()) -> float:
+    """Seconds of one refresh of both skills' memories, with the phase budget's anchor forward.
+
+    The refresh keeps refreshed_at (so the reused-rows variants keep their stored rows and are timed
+    reusing them); the anchor values cached for the old answers are recomputed in every layer sharing
+    the memories (`sharing`, untimed: the anchor forward of one layer is in the refresh's time), as a
+    new refreshed_at would in training."""
+    t0 = time.perf_counter()
+    for s in SKILLS:
+        mem, salt, _ = layer._constraint_memory(s)
+        mem.refresh(policy, sb, layer.sampling, seed=derive_seed(layer.seed, 1000, f"{salt}/{s}"), step=0)
+        if isinstance(mem, estimates.AnswerMemory):
+            for other in (layer, *sharing):
+                other.anchor_J.pop(s, None)
+            safety_layer._anchor_values(layer, policy, params, s, mem.next_prompts(layer.cfg.batch_prompts))
+    took = time.perf_counter() - t0
+    for other in sharing:   # their anchor values on the new answers too, untimed (counted once, above)
+        for s in SKILLS:
+            if other.anchor is not None:
+                safety_layer._anchor_values(other, policy, params, s, [])
+    return took
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--quick", action="store_true")
-    ap.add_argument("--rows_every", type=int, default=5, help="k of the reused-rows variants")
-    ap.add_argument("--four", action="store_true", help="also time 4 protected skills (each memory twice)")
+    ap.add_argument("--fills", type=int, default=4, help="memory refreshes before timing")
+    ap.add_argument("--rows_every", type=int, default=5, help="k of the second reused-rows variant (the first: 2)")
+    ap.add_argument("--phase_steps", type=int, default=20, help="steps of a phase, for refresh_every = 0")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "projection_overhead.json"))
     args = ap.parse_args()
     torch.set_num_threads(2)
     k = args.rows_every
     tmp = Path("/tmp/retainrl_projection_bench")
-    plain = build(False, tmp / "plain")
-    safe = build(True, tmp / "safe")
+    plain, safe = build(False, tmp / "plain"), build(True, tmp / "safe")
+    base = safe.cfg.safety
+    d = base.diagnostics_every
+    params = safe.policy.trainable_parameters()
     with Sandbox(workers=2) as sb:
         for t in (plain, safe):
             t.sandbox = sb
@@ -106,26 +128,29 @@ def main() -> None:
         rollout = generate(plain.policy, [x.prompt for x in tasks], n=8, cfg=plain.cfg.sampling, seed=0)
         verdicts = verify_many(sb, [(tasks[i], s) for i, s in zip(rollout.task_index, rollout.texts)])
         rollout.rewards = torch.tensor([v.reward() for v in verdicts])
-        variants, refresh_s = layers(safe, sb, k, args.four)   # memory refreshes, timed separately
-        proj_time = [0.0]
-        orig = safety_layer.project_with_info
 
-        def timed(*a, **kw):
-            t = time.perf_counter()
-            r = orig(*a, **kw)
-            proj_time[0] += time.perf_counter() - t
-            return r
-        safety_layer.project_with_info = timed
+        def new_layer(**kw):
+            return safety_layer.SafetyLayer(dataclasses.replace(base, **kw), safe.train_tasks, safe.cfg.sampling,
+                                            safe.cfg.seed)
+        mean_layer = new_layer(constraint="skill_mean", budget="step", eps_mode="relative", eps=0.0)
+        pll, b4 = new_layer(), new_layer(batch_prompts=4)
+        reuse = {j: new_layer(rows_every=j) for j in (2, k)}
+        sizes = {"skill_mean": fill(mean_layer, safe.policy, sb, 1), "prompt_ll": fill(pll, safe.policy, sb, args.fills)}
+        for other in (b4, *reuse.values()):
+            other.answer_memories = pll.answer_memories
+        refresh_s = {"skill_mean": [], "prompt_ll": []}
+        # name -> (layer, step number: 1 is not a diagnostic step, 0 is)
+        variants = {"safe-2": (mean_layer, 1), "pll-2": (pll, 1), "pll-2+diag": (pll, 0), "pll-2 b4": (b4, 1),
+                    **{f"pll-2/{j}": (layer, 1) for j, layer in reuse.items()}}
 
         def update(name: str) -> float:
             t = plain if name == "plain" else safe
             apply = objective.plain_step
             if name != "plain":
-                layer, skills = variants[name]
+                layer, step = variants[name]
 
                 def apply(params, opt):
-                    return layer.step(params, opt, safe.policy, sb, safe.global_step, skills)
-            proj_time[0] = 0.0
+                    return layer.step(params, opt, safe.policy, sb, step, SKILLS)
             t0, c0 = time.perf_counter(), time.process_time()
             objective.update(t.cfg.rl, t.policy, t.opt, rollout, max_len=t.cfg.sampling.max_new_tokens,
                              penalty=t.method.penalty, apply=apply)
@@ -135,8 +160,10 @@ def main() -> None:
         names = ["plain"] + list(variants)
         times = {n: [] for n in names}
         cpu = {n: [] for n in names}      # this process's CPU seconds (all its threads) per update
-        proj_frac = {n: [] for n in names if n != "plain"}
-        rest_s, rest_cpu = [], []   # rest_cpu: the generation's CPU (verification runs in the sandbox workers)
+        rest_s, rest_cpu = [], []         # rest_cpu: the generation's CPU (verification runs in the sandbox workers)
+        for n in variants:                # one untimed step each: anchors set, stored rows exist
+            update(n)
+            cpu[n].pop()
         for r in range(1 if args.quick else args.rounds):
             t0, c0 = time.perf_counter(), time.process_time()
             fresh = generate(plain.policy, [x.prompt for x in tasks], n=8, cfg=plain.cfg.sampling, seed=100 + r)
@@ -145,53 +172,61 @@ def main() -> None:
             rest_cpu.append(time.process_time() - c0)
             print(f"round {r + 1}: rollout + verify {rest_s[-1]:.3f} s", flush=True)
             for name in names:
-                if "/" in name:   # reused rows: make sure a stored row exists (computed last round or now, untimed)
-                    layer = variants[name][0]
-                    if not layer.row_cache:
-                        update(name)
-                        cpu[name].pop()
                 dt = update(name)
                 times[name].append(dt)
-                if name != "plain":
-                    proj_frac[name].append(proj_time[0] / dt)
-                print(f"round {r + 1}: {name:9s} update {dt:.3f} s", flush=True)
-    def amortise(v: dict) -> dict:   # x/k: one computed (the every-step variant's time) + k - 1 reused
-        return {n: (v[n.split("/")[0]] + (k - 1) * v[n]) / k if "/" in n else v[n] for n in v}
+                print(f"round {r + 1}: {name:10s} update {dt:.3f} s", flush=True)
+            refresh_s["skill_mean"].append(time_refresh(mean_layer, safe.policy, sb, params))
+            refresh_s["prompt_ll"].append(time_refresh(pll, safe.policy, sb, params, (b4, *reuse.values())))
+            print(f"round {r + 1}: refresh of 2 memories: " + ", ".join(f"{c} {v[-1]:.2f} s" for c, v in refresh_s.items()),
+                  flush=True)
+
+    def amortise(v: dict) -> dict:
+        out = dict(v)
+        for j in (2, k):   # one computed in j (not a diagnostic step), the diagnostics' extra as the default's
+            out[f"pll-2/{j}"] = (v["pll-2"] + (j - 1) * v[f"pll-2/{j}"]) / j + (v["pll-2+diag"] - v["pll-2"]) / d
+        out["pll-2 b4"] = v["pll-2 b4"] + (v["pll-2+diag"] - v["pll-2"]) / d
+        out["default"] = (v["pll-2+diag"] + (d - 1) * v["pll-2"]) / d       # the default: diagnostics every d steps
+        return out
     med = amortise({n: statistics.median(v) for n, v in times.items()})
     low = amortise({n: min(v) for n, v in times.items()})
-    rest, rest_low = statistics.median(rest_s), min(rest_s)
-    cmed, rest_c = amortise({n: statistics.median(v) for n, v in cpu.items()}), statistics.median(rest_cpu)
+    cmed = amortise({n: statistics.median(v) for n, v in cpu.items()})
+    rest, rest_low, rest_c = statistics.median(rest_s), min(rest_s), statistics.median(rest_cpu)
+    ref = {c: statistics.median(v) for c, v in refresh_s.items()}
+    full = {n: (rest + med[n]) / (rest + med["plain"]) for n in med}
+    # all in: the memory refresh amortised (skill_mean and the default: every 10 steps; refresh_every=0: per phase)
+    per_step_refresh = {"safe-2": ref["skill_mean"] / 10, "default": ref["prompt_ll"] / 10}
+    all_in = {"safe-2 (refresh 10)": (rest + med["safe-2"] + per_step_refresh["safe-2"]) / (rest + med["plain"]),
+              "default (refresh 10)": (rest + med["default"] + per_step_refresh["default"]) / (rest + med["plain"]),
+              f"default, refresh_every=0 ({args.phase_steps}-step phase)":
+                  (rest + med["default"] + ref["prompt_ll"] / args.phase_steps) / (rest + med["plain"]),
+              **{f"rows_every={j} (refresh 10)": (rest + med[f"pll-2/{j}"] + ref["prompt_ll"] / 10) / (rest + med["plain"])
+                 for j in (2, k)},
+              "batch_prompts=4 (refresh 10)": (rest + med["pll-2 b4"] + ref["prompt_ll"] / 10) / (rest + med["plain"])}
     result = {"update_s_median": med, "ratio_to_plain": {n: med[n] / med["plain"] for n in med},
-              "rollout_verify_s_median": rest,
-              "full_step_ratio_to_plain": {n: (rest + med[n]) / (rest + med["plain"]) for n in med},
+              "rollout_verify_s_median": rest, "full_step_ratio_to_plain": full,
+              "all_in_ratio_to_plain": all_in, "memory_refresh_s_two_skills": ref,
               # the fastest round of each: the least disturbed by other processes on a shared machine
               "update_s_min": low, "rollout_verify_s_min": rest_low,
+              "full_step_ratio_to_plain_min": {n: (rest_low + low[n]) / (rest_low + low["plain"]) for n in low},
               # CPU seconds of this process: less sensitive to other processes' load than wall time
               "update_cpu_s_median": cmed, "rollout_cpu_s_median": rest_c,
               "full_step_cpu_ratio_to_plain": {n: (rest_c + cmed[n]) / (rest_c + cmed["plain"]) for n in cmed},
-              "rounds_cpu": cpu,
-              "full_step_ratio_to_plain_min": {n: (rest_low + low[n]) / (rest_low + low["plain"]) for n in low},
-              "projection_fraction_median": {n: statistics.median(v) for n, v in proj_frac.items()},
-              "memory_refresh_s_two_skills": refresh_s, "rows_every": k, "rounds": times,
-              "note": "x/k variants: update_s_median amortised (safe-2 + (k-1) reused) / k; rounds: reused updates",
+              "rounds": times, "rounds_cpu": cpu, "refresh_rounds": refresh_s, "rows_every": k,
+              "diagnostics_every": d, "memory_sizes_after_fill": sizes, "fills": args.fills,
               "batch": "8 prompts x 8 samples, bundled tiny model, 2 torch threads",
-              "memory": "8 prompts x 4 samples per protected skill (prompt_ll: + 4 held-out prompts)"}
+              "memory": f"SafetyConfig defaults: {base.memory_prompts} prompts ({base.heldout_prompts} held out), "
+                        f"{base.memory_samples} samples, {base.batch_prompts} prompts per step"}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=2))
-    print(f"\nrollout + verify (every variant): {rest:.3f} s")
-    print(f"(min over rounds: rollout + verify {rest_low:.3f} s)")
-    print(f"{'variant':10s} {'update s':>9s} {'x plain':>8s} {'full step x plain':>18s} {'projection share':>17s}"
-          f" {'| min: update s':>15s} {'x plain':>8s} {'full step':>10s}")
+    print(f"\nmemory after {args.fills} fills: {json.dumps(sizes['prompt_ll'])}")
+    print(f"rollout + verify (every variant): {rest:.3f} s (fastest round {rest_low:.3f} s)")
+    print(f"{'variant':12s} {'update s':>9s} {'x plain':>8s} {'full step':>10s} {'| min: update s':>15s} {'full step':>10s}"
+          f" {'| CPU full step':>15s}")
     for n in med:
-        share = result["projection_fraction_median"].get(n)
-        print(f"{n:10s} {med[n]:9.3f} {med[n] / med['plain']:8.2f} {result['full_step_ratio_to_plain'][n]:18.2f} "
-              f"{('%.2f%%' % (100 * share)) if share else '-':>17s} {low[n]:15.3f} {low[n] / low['plain']:8.2f} "
-              f"{result['full_step_ratio_to_plain_min'][n]:10.2f}")
-    print("memory refresh (2 skills, amortised over refresh_every steps): "
-          + ", ".join(f"{c} {s:.2f} s" for c, s in refresh_s.items()))
-    print(f"CPU seconds of this process (median; rollout {rest_c:.3f} s): " + ", ".join(
-        f"{n} {cmed[n]:.3f} ({cmed[n] / cmed['plain']:.2f}x, full step {result['full_step_cpu_ratio_to_plain'][n]:.2f}x)"
-        for n in cmed))
+        print(f"{n:12s} {med[n]:9.3f} {med[n] / med['plain']:8.2f} {full[n]:10.2f} {low[n]:15.3f} "
+              f"{result['full_step_ratio_to_plain_min'][n]:10.2f} {result['full_step_cpu_ratio_to_plain'][n]:15.2f}")
+    print("refresh of 2 memories (median): " + ", ".join(f"{c} {s:.2f} s" for c, s in ref.items()))
+    print("all in, x plain step: " + ", ".join(f"{n} {v:.2f}" for n, v in all_in.items()))
     print(f"wrote {args.out}")
 
 

@@ -78,6 +78,11 @@ SAFE_VARIANTS = {
     # the same with the protected rows recomputed every 5 steps (the overhead option, safety.rows_every)
     "pll-phase-0.02-r5": ["safety.constraint=prompt_ll", "safety.budget=phase", *_ABS, "safety.eps=0.02",
                           "safety.rows_every=5"],
+    # the cost options of session 7: rows recomputed every 2nd step; 4 constraint prompts per skill per step
+    "pll-phase-0.02-r2": ["safety.constraint=prompt_ll", "safety.budget=phase", *_ABS, "safety.eps=0.02",
+                          "safety.rows_every=2"],
+    "pll-phase-0.02-b4": ["safety.constraint=prompt_ll", "safety.budget=phase", *_ABS, "safety.eps=0.02",
+                          "safety.batch_prompts=4"],
     # the same with the answers kept for the whole phase (safety.refresh_every=0: one refresh per phase
     # start instead of every 10 steps; the cost option of session 7)
     "pll-phase-0.02-rp": ["safety.constraint=prompt_ll", "safety.budget=phase", *_ABS, "safety.eps=0.02",
@@ -356,7 +361,7 @@ def diag(runs: list[Run]) -> None:
 # ----------------------------------------------------------------------------------- selection
 # Cost rank of the safe variants for the tie-break (lower is cheaper): rows reused, or answers refreshed
 # once per phase < rows every step < the trust region's extra rows < every memory prompt constrained.
-COST = {"r5": 0, "rp": 0, "b28": 3, "trust": 2}
+COST = {"r5": 0, "rp": 0, "r2": 0.5, "b4": 0.5, "b28": 3, "trust": 2}
 
 
 def select(runs: list[Run], keep: float = 0.8, tie: float = 0.005) -> dict[str, str]:
