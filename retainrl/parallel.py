@@ -34,6 +34,14 @@ def is_active() -> bool:
     return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 
 
+def my_share(n: int) -> list[int]:
+    """The indices of n work items this rank computes when ranks split them: r, r + W, r + 2W, ...
+    (all of them in a single process)."""
+    if not is_active():
+        return list(range(n))
+    return list(range(dist.get_rank(), n, dist.get_world_size()))
+
+
 def _all_reduce_list(values: list[float], op) -> list[float]:
     if not is_active():
         return [float(v) for v in values]

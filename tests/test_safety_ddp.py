@@ -1,6 +1,7 @@
 """Distributed skill-safe step: under torch.distributed (gloo, 2 CPU processes) the per-skill
 gradients are all-reduced before projection, so both ranks apply the same update, equal to a
-single process on the same global batch."""
+single process on the same global batch; the default constraint's per-prompt rows are split
+over the ranks (each runs half of them) and summed, with the same update as one process."""
 
 from __future__ import annotations
 
@@ -91,3 +92,85 @@ def test_two_ranks_stay_identical_and_match_one_process(space):
     assert torch.equal(results[0], results[1]), "ranks diverged"
     assert torch.allclose(results[0], single[0], atol=1e-6), "distributed update differs from one process"
     assert not torch.allclose(single[0], flat_params(list(_model().parameters()))), "nothing was trained"
+
+
+# -- the answer-likelihood rows of the default constraint, split over ranks ---------------------------
+def _answer_layer():
+    from retainrl.policy.model import ModelConfig, load_policy
+    from retainrl.policy.rollout import SamplingConfig, generate
+    from retainrl.safety.estimates import AnswerMemory
+    from retainrl.safety.layer import SafetyLayer
+    from retainrl.train.config import SafetyConfig
+
+    torch.manual_seed(0)
+    policy = load_policy(ModelConfig(name_or_path="bundled", threads=1))
+    with torch.no_grad():
+        for n, q in policy.named_trainable().items():
+            if "lora_B" in n:
+                q.normal_(0, 0.02)
+    prompts = ["def f(x):", "assert f(", "x = 1\ny =", "def g(xs):\n    return", "print("]
+    r = generate(policy, prompts, n=2, cfg=SamplingConfig(max_new_tokens=6), seed=0)
+    cfg = SafetyConfig(enabled=True, constraint="prompt_ll", budget="phase", eps=0.0, eps_mode="absolute",
+                       memory_prompts=len(prompts), heldout_prompts=0, batch_prompts=len(prompts),
+                       refresh_every=1000, diagnostics_every=1)
+    layer = SafetyLayer(cfg, {"gen": list(range(len(prompts)))}, None, seed=0)
+    mem = AnswerMemory("gen", list(range(len(prompts))), len(prompts), 0, 2, seed=0)
+    mem.tasks, mem.heldout = list(range(len(prompts))), []
+    for i in range(len(prompts)):
+        a = r.select([2 * i, 2 * i + 1])
+        a.group_size, a.temperature, a.task_index = 1, 1.0, [i, i]
+        mem.answers[i] = a
+    mem.refreshed_at = 0
+    layer.answer_memories["gen"] = mem
+    return policy, layer
+
+
+def _answer_run(rank: int, world: int, port: int, q):
+    from retainrl.safety import estimates
+
+    if world > 1:
+        dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+    torch.set_num_threads(1)
+    policy, layer = _answer_layer()
+    params = policy.trainable_parameters()
+    rows = []
+    real = estimates.completion_logprobs
+    estimates.completion_logprobs = lambda pol, batch, *a, **kw: rows.append(batch.completion_ids.shape[0]) or \
+        real(pol, batch, *a, **kw)
+    opt = torch.optim.SGD(params, lr=0.5)
+    gen = torch.Generator().manual_seed(1)
+    metrics = []
+    for step in range(2):
+        for p in params:   # the same target gradient on every rank (a stand-in for the all-reduced one)
+            p.grad = torch.randn(p.shape, generator=gen) * 0.05
+        metrics.append(layer.step(params, opt, policy, None, step + 1, ["gen"]))
+    out = (flat_params(params).tolist(), rows, [m.get("safety/num_active", 0.0) for m in metrics])
+    if world > 1:
+        dist.destroy_process_group()
+    if q is None:
+        return out
+    q.put((rank, out))
+
+
+def test_answer_rows_split_over_ranks_match_one_process():
+    """Two ranks each run half of the per-prompt rows (parallel.my_share) and sum them: the same
+    update as one process running all rows, identical on both ranks."""
+    single, single_rows, active = _answer_run(0, 1, 0, None)
+    # one process: per step the rows' pass (then, on the first, the anchor values) and the realised pass, 10 rows
+    # each (5 prompts x 2 distinct answers); the rows bind, so the projection moved the step
+    assert single_rows == [10] * 5 and min(active) > 0
+    ctx = mp.get_context("spawn")
+    q = ctx.Queue()
+    port = _free_port()
+    procs = [ctx.Process(target=_answer_run, args=(r, 2, port, q)) for r in range(2)]
+    for p in procs:
+        p.start()
+    got = dict(q.get(timeout=300) for _ in procs)
+    for p in procs:
+        p.join(60)
+        assert p.exitcode == 0
+    (a, rows_a, _), (b, rows_b, _) = got[0], got[1]
+    assert torch.equal(torch.tensor(a), torch.tensor(b)), "ranks diverged"
+    assert torch.allclose(torch.tensor(a), torch.tensor(single), atol=1e-6)
+    # the gradient passes split the 5 prompts 3 + 2 (prompts 0, 2, 4 and 1, 3); the value passes do not
+    assert rows_a == [6, 10, 10, 6, 10] and rows_b == [4, 10, 10, 4, 10]   # rows, anchor, realised; rows, realised

@@ -77,7 +77,9 @@ every input it needs as an argument, so any trainer can call it:
    phase, when the protected set changes: the answers of the phase-start policy are then what the
    phase keeps, which is the budget's theta_0 read literally.
 3. Under torch.distributed g and every row are all-reduced (mean) before projecting, so every
-   rank projects the same vectors and applies the same update. With sharded parameters (FSDP2:
+   rank projects the same vectors and applies the same update. The per-prompt rows of prompt_ll*
+   are not computed by every rank: the memories are the same on every rank (same seeds), so rank
+   r runs the prompts r, r + W, ... and the rows are summed over ranks (`_split_over_ranks`). With sharded parameters (FSDP2:
    DTensors, flat vectors are each rank's local shard; parallel.py) the gradients are already
    averaged by FSDP, and the projection and the diagnostics sum their dot products over ranks
    (project.py, `sharded`); only "skill_mean" rows have a sharded form (the per-prompt
@@ -111,7 +113,7 @@ from typing import Callable
 import torch
 
 from retainrl.parallel import (all_sum, all_sum_tensor, allreduce_mean, flat_grad, flat_params, is_sharded,
-                               mean_grad, set_grads, set_params)
+                               mean_grad, my_share, set_grads, set_params)
 from retainrl.safety.estimates import AnswerMemory, SkillMemory, values_and_grads_many, values_many
 from retainrl.safety.project import project_sequential, project_with_info
 from retainrl.seeds import derive_seed
@@ -305,10 +307,10 @@ def _answer_terms(layer: "SafetyLayer", policy, params, sandbox, step: int, skil
     live = [s for s in picked if picked[s] is not None]
     computed = dict.fromkeys(picked)
     if live:
-        done = values_and_grads_many(policy, params, [(mems[s], sum(picked[s], [])) for s in live])
-        grads = allreduce_mean(torch.cat([g for _, g in done]))   # one all-reduce for every skill
-        for s, (J, _), g in zip(live, done, torch.split(grads, [len(J) for J, _ in done])):
-            computed[s] = (*picked[s], J, g)
+        J, grads = _split_over_ranks(policy, params, [(mems[s], sum(picked[s], [])) for s in live])
+        sizes = [len(sum(picked[s], [])) for s in live]
+        for s, j, g in zip(live, torch.split(J, sizes), torch.split(grads, sizes)):
+            computed[s] = (*picked[s], j, g)
     terms = {s: layer.cached_rows(s, step, params, mems[s].refreshed_at, lambda s=s: computed[s]) for s in skills}
     if not diagnose:   # reused rows stored on a diagnostic step: without their held-out part
         terms = {s: ((t[0], [], t[2][:len(t[0])], t[3][:len(t[0])]), shift) if t is not None and t[1] else (t, shift)
@@ -325,6 +327,29 @@ def _answer_terms(layer: "SafetyLayer", policy, params, sandbox, step: int, skil
         prompts, held, J, grads = t
         out[s] = (mems[s], prompts, held, now[reused.index(s)] if s in reused else J, grads)
     return out
+
+
+def _split_over_ranks(policy, params, picks: list[tuple]) -> tuple[torch.Tensor, torch.Tensor]:
+    """(J (N,) float64, gradients (N, d)) of every (memory, prompts) pick's prompts, in order.
+
+    Every rank holds the same memories (same seeds), so instead of each rank running every row,
+    rank r runs the prompts r, r + W, ... (parallel.my_share) in one batched pass and the rows are
+    summed over ranks (each row is computed by exactly one rank: the sum is the row): 1/W of the
+    pass per rank, the same rows everywhere. In a single process: one pass over everything."""
+    items = [(i, p) for i, (_, prompts) in enumerate(picks) for p in prompts]
+    mine = my_share(len(items))
+    sub = [(m, [p for k in mine if items[k][0] == i for p in [items[k][1]]]) for i, (m, _) in enumerate(picks)]
+    done = values_and_grads_many(policy, params, sub)
+    if len(mine) == len(items):    # one process: the pass is the result
+        return torch.cat([j for j, _ in done]), torch.cat([g for _, g in done])
+    d, dev = sum(q.numel() for q in params), params[0].device   # the collective's device (NCCL: the GPU)
+    J = torch.zeros(len(items), dtype=torch.float64, device=dev)
+    G = torch.zeros(len(items), d, dtype=torch.float32, device=dev)
+    at = torch.tensor([k for i in range(len(picks)) for k in mine if items[k][0] == i], dtype=torch.long)
+    if at.numel():   # positions of this rank's rows, in `done`'s order
+        J[at.to(dev)] = torch.cat([j for j, _ in done]).to(dev, J.dtype)
+        G[at.to(dev)] = torch.cat([g for _, g in done]).to(dev, G.dtype)
+    return all_sum_tensor(J).cpu(), all_sum_tensor(G)
 
 
 def _anchor_values(layer: "SafetyLayer", policy, params, s: str, prompts: list[int]) -> torch.Tensor:
