@@ -88,3 +88,28 @@ def test_refresh_every_zero_refreshes_once_per_protected_set_and_across_a_checkp
     layer = _layer(A, q, refresh_every=3)
     _run(layer, q, 5)
     assert layer.answer_memories["gen"].refreshes == [0, 3]
+
+
+def test_held_out_diagnostics_on_every_diagnostic_step_with_reused_rows():
+    """rows_every 3, diagnostics_every 2: the held-out rows are measured on every diagnostic step
+    (also when the constraint rows are reused), never on the others; the updates are those of
+    diagnostics on every step."""
+    A = torch.tensor([[2.0, 0.0], [0.0, 1.0], [1.0, 1.0]])
+    runs = {}
+    for k in (1, 2):
+        p = torch.nn.Parameter(torch.zeros(2))
+        layer = _layer(A, p, n_held=1, rows_every=3, diagnostics_every=k)
+        runs[k] = (_run(layer, p, 8), p.detach().clone())
+    assert torch.equal(runs[1][1], runs[2][1])
+    for t, m in enumerate(runs[2][0]):
+        assert ("safety/heldout_predicted_dJ/gen" in m) == (t % 2 == 0), t
+        assert ("safety/realised_dJ/gen" in m) == (t % 2 == 0), t
+        if t % 2 == 0:
+            assert m["safety/heldout_predicted_dJ/gen"] == pytest.approx(runs[1][0][t]["safety/heldout_predicted_dJ/gen"])
+
+
+def test_refresh_every_zero_with_the_memory_trigger_is_refused():
+    cfg = SafetyConfig(enabled=True, constraint="skill_mean", budget="step", eps_mode="relative", refresh_every=0,
+                       trigger=True, trigger_source="memory")
+    with pytest.raises(ValueError, match="refresh_every=0"):
+        SafetyLayer(cfg, {"gen": [0]}, None, seed=0)

@@ -95,7 +95,7 @@ def test_two_ranks_stay_identical_and_match_one_process(space):
 
 
 # -- the answer-likelihood rows of the default constraint, split over ranks ---------------------------
-def _answer_layer():
+def _answer_layer(n_prompts: int = 5):
     from retainrl.policy.model import ModelConfig, load_policy
     from retainrl.policy.rollout import SamplingConfig, generate
     from retainrl.safety.estimates import AnswerMemory
@@ -108,7 +108,7 @@ def _answer_layer():
         for n, q in policy.named_trainable().items():
             if "lora_B" in n:
                 q.normal_(0, 0.02)
-    prompts = ["def f(x):", "assert f(", "x = 1\ny =", "def g(xs):\n    return", "print("]
+    prompts = ["def f(x):", "assert f(", "x = 1\ny =", "def g(xs):\n    return", "print("][:n_prompts]
     r = generate(policy, prompts, n=2, cfg=SamplingConfig(max_new_tokens=6), seed=0)
     cfg = SafetyConfig(enabled=True, constraint="prompt_ll", budget="phase", eps=0.0, eps_mode="absolute",
                        memory_prompts=len(prompts), heldout_prompts=0, batch_prompts=len(prompts),
@@ -125,13 +125,13 @@ def _answer_layer():
     return policy, layer
 
 
-def _answer_run(rank: int, world: int, port: int, q):
+def _answer_run(rank: int, world: int, port: int, q, n_prompts: int = 5):
     from retainrl.safety import estimates
 
     if world > 1:
         dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
     torch.set_num_threads(1)
-    policy, layer = _answer_layer()
+    policy, layer = _answer_layer(n_prompts)
     params = policy.trainable_parameters()
     rows = []
     real = estimates.completion_logprobs
@@ -174,3 +174,22 @@ def test_answer_rows_split_over_ranks_match_one_process():
     assert torch.allclose(torch.tensor(a), torch.tensor(single), atol=1e-6)
     # the gradient passes split the 5 prompts 3 + 2 (prompts 0, 2, 4 and 1, 3); the value passes do not
     assert rows_a == [6, 10, 10, 6, 10] and rows_b == [4, 10, 10, 4, 10]   # rows, anchor, realised; rows, realised
+
+
+def test_one_answer_row_over_two_ranks_does_not_hang():
+    """One memory prompt, two ranks: rank 1 has no row to run and still joins the sum."""
+    single, _, _ = _answer_run(0, 1, 0, None, 1)
+    ctx = mp.get_context("spawn")
+    q = ctx.Queue()
+    port = _free_port()
+    procs = [ctx.Process(target=_answer_run, args=(r, 2, port, q, 1)) for r in range(2)]
+    for p in procs:
+        p.start()
+    got = dict(q.get(timeout=300) for _ in procs)
+    for p in procs:
+        p.join(60)
+        assert p.exitcode == 0
+    assert torch.equal(torch.tensor(got[0][0]), torch.tensor(got[1][0]))
+    assert torch.allclose(torch.tensor(got[0][0]), torch.tensor(single), atol=1e-6)
+    # rank 0: rows, anchor, realised; rows, realised. rank 1 runs no gradient pass, only the value passes
+    assert len(got[0][1]) == 5 and len(got[1][1]) == 3

@@ -102,7 +102,7 @@ class SkillSafeStep:
             for p, grad in zip(params, saved):  # the loop's own gradient tensors, untouched
                 p.grad = grad
         cfg = self.layer.cfg
-        pending = {"skills": skills, "g": g, "cons": cons}
+        pending = {"skills": skills, "g": g, "cons": cons, "step": step}
         if cfg.space == "grad":
             d, pm = project_update(g, cons.G, cons.eps, cons.eps_mode, cfg.solver, cons.sharded)
             if not torch.equal(d, g):
@@ -151,6 +151,7 @@ class SkillSafeStep:
             if s in self.layer.answer_memories:
                 metrics[f"{p}/memory_pass/{s}"] = self.layer.answer_memories[s].pass_rate
         with self._rng(), torch.no_grad():
-            diag = self.layer._diagnostics(pending["g"], cons, applied)
+            diag = self.layer._diagnostics(pending["g"], cons, applied,
+                                           cfg.measure_realised and self.layer.diagnosing(pending["step"]))
         metrics.update({k.replace("safety/", f"{p}/", 1): v for k, v in diag.items()})
         return metrics

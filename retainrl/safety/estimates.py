@@ -238,7 +238,7 @@ def values_and_grads_many(policy, params, picks: list[tuple["AnswerMemory", list
     for i, (m, prompts) in enumerate(picks):
         if i not in batch:
             out[i] = m.values_and_grads(policy, params, prompts, method) if prompts else \
-                (torch.zeros(0, dtype=torch.float64), torch.zeros(0, d))
+                (torch.zeros(0, dtype=torch.float64), torch.zeros(0, d, device=params[0].device))
     if batch:
         J, G = per_prompt_values_and_grads(policy, params,
                                            [picks[i][0].answers[p] for i in batch for p in picks[i][1]], method)

@@ -112,8 +112,8 @@ from typing import Callable
 
 import torch
 
-from retainrl.parallel import (all_sum, all_sum_tensor, allreduce_mean, flat_grad, flat_params, is_sharded,
-                               mean_grad, my_share, set_grads, set_params)
+from retainrl.parallel import (all_sum, all_sum_tensor, allreduce_mean, flat_grad, flat_params, is_active,
+                               is_sharded, mean_grad, my_share, set_grads, set_params)
 from retainrl.safety.estimates import AnswerMemory, SkillMemory, values_and_grads_many, values_many
 from retainrl.safety.project import project_sequential, project_with_info
 from retainrl.seeds import derive_seed
@@ -297,35 +297,40 @@ def _answer_terms(layer: "SafetyLayer", policy, params, sandbox, step: int, skil
         raise ValueError(f"safety.constraint={layer.constraint}: per-prompt gradients are formed from whole layer "
                          f"weights and have no sharded (FSDP) form; use constraint=skill_mean under FSDP")
     mems = {s: layer.refresh_if_due(policy, sandbox, step, s) for s in skills}
-    diagnose = layer.diagnosing(step)   # held-out rows only on diagnostic steps: they never constrain
-    picked = {}
-    for s in skills:
-        if layer.rows_due(s, step, mems[s].refreshed_at):
-            prompts = mems[s].next_prompts(cfg.batch_prompts)
-            # no prompt of this skill has ever been answered correctly: nothing to keep
-            picked[s] = (prompts, mems[s].heldout_prompts() if diagnose else []) if prompts else None
-    live = [s for s in picked if picked[s] is not None]
-    computed = dict.fromkeys(picked)
-    if live:
-        J, grads = _split_over_ranks(policy, params, [(mems[s], sum(picked[s], [])) for s in live])
-        sizes = [len(sum(picked[s], [])) for s in live]
-        for s, j, g in zip(live, torch.split(J, sizes), torch.split(grads, sizes)):
-            computed[s] = (*picked[s], j, g)
+    due = {s: layer.rows_due(s, step, mems[s].refreshed_at) for s in skills}
+    # no prompt of this skill has ever been answered correctly: nothing to keep (None)
+    picked = {s: mems[s].next_prompts(cfg.batch_prompts) or None for s in skills if due[s]}
+    has_rows = {s: picked[s] is not None if due[s] else layer.row_cache[s][3] is not None for s in skills}
+    # held-out rows (never constrained, never cached) on every diagnostic step, for every skill with rows
+    held = {s: mems[s].heldout_prompts() if has_rows[s] and layer.diagnosing(step) else [] for s in skills}
+    jobs = [s for s in skills if (due[s] and picked[s]) or held[s]]
+    computed: dict[str, tuple | None] = {s: None for s in picked}
+    held_rows: dict[str, tuple] = {}
+    if jobs:   # one batched pass: the due skills' constraint prompts and the held-out prompts
+        lists = [(picked.get(s) or []) + held[s] for s in jobs]
+        J, grads = _split_over_ranks(policy, params, [(mems[s], x) for s, x in zip(jobs, lists)])
+        for s, x, j, g in zip(jobs, lists, torch.split(J, [len(x) for x in lists]),
+                              torch.split(grads, [len(x) for x in lists])):
+            P = len(picked.get(s) or [])
+            if P:
+                computed[s] = (picked[s], [], j[:P], g[:P])
+            held_rows[s] = (j[P:], g[P:])
     terms = {s: layer.cached_rows(s, step, params, mems[s].refreshed_at, lambda s=s: computed[s]) for s in skills}
-    if not diagnose:   # reused rows stored on a diagnostic step: without their held-out part
-        terms = {s: ((t[0], [], t[2][:len(t[0])], t[3][:len(t[0])]), shift) if t is not None and t[1] else (t, shift)
-                 for s, (t, shift) in terms.items()}
     # reused gradients (at theta_c), values measured now (budgets and trust need the level)
     reused = [s for s in skills if terms[s][0] is not None and terms[s][1] is not None]
-    now = values_many(policy, [(mems[s], terms[s][0][0] + terms[s][0][1]) for s in reused])
+    now = values_many(policy, [(mems[s], terms[s][0][0]) for s in reused])
     out = {}
     for s in skills:
         t, _ = terms[s]
         if t is None:
             out[s] = None
             continue
-        prompts, held, J, grads = t
-        out[s] = (mems[s], prompts, held, now[reused.index(s)] if s in reused else J, grads)
+        prompts, _, J, grads = t
+        if s in reused:
+            J = now[reused.index(s)]
+        if held[s]:
+            J, grads = torch.cat([J, held_rows[s][0]]), torch.cat([grads, held_rows[s][1]])
+        out[s] = (mems[s], prompts, held[s], J, grads)
     return out
 
 
@@ -340,15 +345,15 @@ def _split_over_ranks(policy, params, picks: list[tuple]) -> tuple[torch.Tensor,
     mine = my_share(len(items))
     sub = [(m, [p for k in mine if items[k][0] == i for p in [items[k][1]]]) for i, (m, _) in enumerate(picks)]
     done = values_and_grads_many(policy, params, sub)
-    if len(mine) == len(items):    # one process: the pass is the result
+    if not is_active():    # one process: the pass is the result
         return torch.cat([j for j, _ in done]), torch.cat([g for _, g in done])
     d, dev = sum(q.numel() for q in params), params[0].device   # the collective's device (NCCL: the GPU)
     J = torch.zeros(len(items), dtype=torch.float64, device=dev)
     G = torch.zeros(len(items), d, dtype=torch.float32, device=dev)
     at = torch.tensor([k for i in range(len(picks)) for k in mine if items[k][0] == i], dtype=torch.long)
-    if at.numel():   # positions of this rank's rows, in `done`'s order
-        J[at.to(dev)] = torch.cat([j for j, _ in done]).to(dev, J.dtype)
-        G[at.to(dev)] = torch.cat([g for _, g in done]).to(dev, G.dtype)
+    if at.numel():   # positions of this rank's rows, in `done`'s order (empty parts dropped: any device)
+        J[at.to(dev)] = torch.cat([j.to(dev, J.dtype) for j, _ in done if j.numel()])
+        G[at.to(dev)] = torch.cat([g.to(dev, G.dtype) for _, g in done if g.numel()])
     return all_sum_tensor(J).cpu(), all_sum_tensor(G)
 
 
@@ -546,6 +551,10 @@ class SafetyLayer:
             if cfg.eps_mode != "absolute" or cfg.space != "step":
                 raise ValueError("safety.budget=phase (the default) counts J in its own units: it needs "
                                  "safety.eps_mode=absolute and safety.space=step (or set safety.budget=step)")
+        if cfg.refresh_every == 0 and cfg.trigger and cfg.trigger_source == "memory":
+            raise ValueError("safety.refresh_every=0 keeps a memory for the whole phase, so its reward cannot move "
+                             "and safety.trigger_source=memory could never switch a constraint on: use "
+                             "trigger_source=eval or refresh_every >= 1")
         if getattr(cfg, "trust_region", 0.0) > 0:
             if constraint == "skill_mean":
                 raise ValueError("safety.trust_region bounds the KL on the answer memory: it needs constraint "
@@ -567,6 +576,7 @@ class SafetyLayer:
         self.events: list[dict] = []
         self.row_cache: dict[str, tuple] = {}        # skill -> (step, memory refresh, theta_c, builder terms)
         self.refreshed_for: dict[str, tuple | None] = {}  # skill -> the protected set its memory was filled for
+        self.protected_now: tuple | None = None           # the protected set of the step being taken
 
     def cached_rows(self, skill: str, step: int, params, refreshed_at: int, compute: Callable[[], object]):
         """(terms, shift): `compute()`'s result for `skill`, recomputed when rows_every steps have
@@ -619,7 +629,7 @@ class SafetyLayer:
         filled for another protected set, i.e. before this phase started)."""
         mem, _, empty = self._constraint_memory(skill)
         if self.cfg.refresh_every == 0:
-            return empty or self.refreshed_for.get(skill) != self.anchor_for
+            return empty or self.refreshed_for.get(skill) != self.protected_now
         return empty or step - mem.refreshed_at >= self.cfg.refresh_every
 
     def refresh_if_due(self, policy, sandbox, step: int, skill: str):
@@ -628,7 +638,7 @@ class SafetyLayer:
         mem, salt, _ = self._constraint_memory(skill)
         if self.memory_due(step, skill):
             mem.refresh(policy, sandbox, self.sampling, seed=derive_seed(self.seed, step, f"{salt}/{skill}"), step=step)
-            self.refreshed_for[skill] = self.anchor_for
+            self.refreshed_for[skill] = self.protected_now
         return mem
 
     def mark_phase(self, protected: list[str] | None, params) -> None:
@@ -646,7 +656,9 @@ class SafetyLayer:
     def switched_on(self, protected: list[str], step: int, curves: dict[str, list[float]] | None = None) -> list[str]:
         """The protected skills whose constraint is on at this step (all of them without the trigger).
 
-        Records a switch-on event (at step + 1, the step being taken) when a skill turns on."""
+        Records a switch-on event (at step + 1, the step being taken) when a skill turns on, and
+        `protected` as the step's protected set (refresh_every=0 refreshes when it changes)."""
+        self.protected_now = tuple(protected)
         if not self.cfg.trigger:
             return list(protected)
         curves = curves or {}
@@ -678,7 +690,7 @@ class SafetyLayer:
         `params`); sandbox: the verifier of memory refreshes; step: steps done so far;
         protected: protected_skills(...) of this step; curves: skill -> evaluation history
         (the trigger's eval source)."""
-        if protected and (self.constraint != "skill_mean" or self.cfg.refresh_every == 0):
+        if protected and self.constraint != "skill_mean":
             self.mark_phase(protected, params)
         skills = self.switched_on(protected, step, curves)
         metrics: dict[str, float] = {"safety/num_protected": float(len(skills))}
