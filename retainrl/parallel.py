@@ -42,6 +42,16 @@ def my_share(n: int) -> list[int]:
     return list(range(dist.get_rank(), n, dist.get_world_size()))
 
 
+def all_gather_objects(obj) -> list:
+    """Every rank's picklable `obj`, in rank order ([obj] in a single process). Ranks of one job
+    trust each other: this pickles, so it is never used on data from outside the job."""
+    if not is_active():
+        return [obj]
+    out = [None] * dist.get_world_size()
+    dist.all_gather_object(out, obj)
+    return out
+
+
 def _all_reduce_list(values: list[float], op) -> list[float]:
     if not is_active():
         return [float(v) for v in values]

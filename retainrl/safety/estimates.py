@@ -47,6 +47,7 @@ import random
 
 import torch
 
+from retainrl.parallel import all_gather_objects, all_sum, my_share
 from retainrl.policy.rollout import Rollout, SamplingConfig, completion_logprobs, generate
 from retainrl.rl.advantages import grpo_advantages
 from retainrl.rl.losses import aggregate
@@ -265,18 +266,37 @@ class AnswerMemory:
 
     @torch.no_grad()
     def refresh(self, policy, sandbox, sampling: SamplingConfig, seed: int, step: int) -> None:
+        """New answers from the policy's passing samples (`samples` per prompt). Under
+        torch.distributed the prompts are split over the ranks (parallel.my_share; the seed is
+        offset by the rank) and the new answers gathered, so every rank ends with the same memory
+        at 1/W of the generation and verification each."""
         every = self.tasks + self.heldout
-        r = generate(policy, [t.prompt for t in every], n=self.samples, cfg=sampling, seed=seed)
-        verdicts = verify_many(sandbox, [(every[i], text) for i, text in zip(r.task_index, r.texts)])
-        passed = [v.reward("binary") >= 1.0 for v in verdicts]
-        for p in range(len(every)):
-            rows = [j for j, i in enumerate(r.task_index) if i == p and passed[j]]
-            if rows:  # else: keep the previous answers (a prompt being forgotten keeps its row)
-                ans = r.select(rows)
-                ans.group_size, ans.temperature, ans.task_index = 1, 1.0, [p] * len(rows)
-                self.answers[p] = ans
+        mine = my_share(len(every))
+        found: dict[int, Rollout] = {}
+        n_passed = 0
+        if mine:
+            r = generate(policy, [every[i].prompt for i in mine], n=self.samples, cfg=sampling,
+                         seed=seed + 7919 * mine[0] if len(mine) < len(every) else seed)
+            verdicts = verify_many(sandbox, [(every[mine[i]], text) for i, text in zip(r.task_index, r.texts)])
+            passed = [v.reward("binary") >= 1.0 for v in verdicts]
+            n_passed = sum(passed)
+            for k, p in enumerate(mine):
+                rows = [j for j, i in enumerate(r.task_index) if i == k and passed[j]]
+                if rows:  # else: keep the previous answers (a prompt being forgotten keeps its row)
+                    ans = r.select(rows)
+                    ans.group_size, ans.temperature, ans.task_index = 1, 1.0, [p] * len(rows)
+                    found[p] = ans
+        if len(mine) < len(every):   # several ranks: every rank's new answers, on the CPU
+            cpu = {p: dataclasses.replace(a, prompt_ids=a.prompt_ids.cpu(), prompt_mask=a.prompt_mask.cpu(),
+                                          completion_ids=a.completion_ids.cpu(),
+                                          completion_mask=a.completion_mask.cpu(), old_logprobs=None, rewards=None)
+                   for p, a in found.items()}
+            found = {p: a for part in all_gather_objects(cpu) for p, a in part.items()}
+            n_passed = all_sum([float(n_passed)])[0]
+        for p, ans in found.items():
+            self.answers[p] = ans
         self.refreshed_at = step
-        self.pass_rate = sum(passed) / max(1, len(passed))
+        self.pass_rate = n_passed / max(1, len(every) * self.samples)
 
     def next_prompts(self, k: int) -> list[int]:
         """The next k constraint prompts that have answers (rotating through the memory)."""

@@ -79,7 +79,9 @@ every input it needs as an argument, so any trainer can call it:
 3. Under torch.distributed g and every row are all-reduced (mean) before projecting, so every
    rank projects the same vectors and applies the same update. The per-prompt rows of prompt_ll*
    are not computed by every rank: the memories are the same on every rank (same seeds), so rank
-   r runs the prompts r, r + W, ... and the rows are summed over ranks (`_split_over_ranks`). With sharded parameters (FSDP2:
+   r runs the prompts r, r + W, ... and the rows are summed over ranks (`_split_over_ranks`);
+   an answer memory's refresh is split the same way and its new answers gathered
+   (AnswerMemory.refresh), so the memories stay the same on every rank. With sharded parameters (FSDP2:
    DTensors, flat vectors are each rank's local shard; parallel.py) the gradients are already
    averaged by FSDP, and the projection and the diagnostics sum their dot products over ranks
    (project.py, `sharded`); only "skill_mean" rows have a sharded form (the per-prompt
