@@ -8,7 +8,7 @@ for seed in 0 1; do
   out=runs/safety_constraints_diag/coverage/prompt_ll_step_s$seed
   rm -rf $out
   nice -n 10 timeout 900 .venv/bin/python -m retainrl train configs/smoke.yaml seed=$seed protocol.phases=[gen,repair] \
-    protocol.steps_per_phase=6 safety.enabled=true world.n_heldout=8 world.version=2 safety.constraint=prompt_ll \
+    protocol.steps_per_phase=6 safety.enabled=true safety.diagnostics_every=1 world.n_heldout=8 world.version=2 safety.constraint=prompt_ll \
     safety.budget=step safety.eps_mode=absolute safety.eps=0.0 safety.batch_prompts=28 --out $out > $out.log 2>&1
   echo "seed $seed rc $?"
 done

@@ -4,7 +4,7 @@
 cd "$(dirname "$0")/../.."
 mkdir -p runs/safety_constraints_diag/rows_bind runs/safety_constraints_diag/coverage
 export OMP_NUM_THREADS=1 PYTHONUNBUFFERED=1
-COMMON="protocol.phases=[gen,repair] protocol.steps_per_phase=6 safety.enabled=true world.n_heldout=8 world.version=2"
+COMMON="protocol.phases=[gen,repair] protocol.steps_per_phase=6 safety.enabled=true safety.diagnostics_every=1 world.n_heldout=8 world.version=2"
 for seed in 0 1; do
   for v in "skill_mean:step:relative" "prompt_ll:step:absolute" "prompt_ll:phase:absolute" "prompt_ll_subspace:step:absolute" "prompt_ll_subspace:phase:absolute"; do
     IFS=: read c b m <<< "$v"

@@ -6,7 +6,7 @@
 cd "$(dirname "$0")/../.."
 mkdir -p runs/safety_constraints_diag/trust_reuse
 export OMP_NUM_THREADS=1 PYTHONUNBUFFERED=1
-COMMON="protocol.phases=[gen,repair] protocol.steps_per_phase=6 safety.enabled=true world.n_heldout=8 world.version=2
+COMMON="protocol.phases=[gen,repair] protocol.steps_per_phase=6 safety.enabled=true safety.diagnostics_every=1 world.n_heldout=8 world.version=2
   safety.constraint=prompt_ll safety.eps_mode=absolute"
 for seed in 0 1; do
   for v in "trust_alone:safety.budget=step safety.eps=1.0 safety.trust_region=0.0002" \
