@@ -195,7 +195,7 @@ def test_one_answer_row_over_two_ranks_does_not_hang():
     assert len(got[0][1]) == 5 and len(got[1][1]) == 3
 
 
-def _refresh_run(rank: int, world: int, port: int, q):
+def _refresh_run(rank: int, world: int, port: int, q, n_prompts: int = 5, n_held: int = 2):
     from retainrl.data.world import WorldConfig, make_world
     from retainrl.policy.model import ModelConfig, load_policy
     from retainrl.policy.rollout import SamplingConfig
@@ -207,13 +207,18 @@ def _refresh_run(rank: int, world: int, port: int, q):
     torch.set_num_threads(1)
     policy = load_policy(ModelConfig(name_or_path="bundled", threads=1))
     tasks = make_world(WorldConfig(seed=0, n_train=40, n_heldout=4))["gen"]["train"]
-    mem = estimates.AnswerMemory("gen", tasks, 5, 2, 4, seed=0)
+    mem = estimates.AnswerMemory("gen", tasks, n_prompts, n_held, 4, seed=0)
     generated = []
     real = estimates.generate
     estimates.generate = lambda pol, prompts, *a, **kw: generated.append(len(prompts)) or real(pol, prompts, *a, **kw)
     with Sandbox(workers=1) as sb:
         mem.refresh(policy, sb, SamplingConfig(max_new_tokens=48), seed=3, step=0)
+    every = mem.tasks + mem.heldout
     answers = {p: a.completion_ids[a.completion_mask.bool()].tolist() for p, a in enumerate(mem.answers) if a is not None}
+    for p, a in enumerate(mem.answers):   # stored under its own prompt: the prompt's tokens and index
+        if a is not None:
+            assert a.task_index == [p] * a.completion_ids.shape[0]
+            assert policy.tokenizer.decode(a.prompt_ids[0][a.prompt_mask[0].bool()]) == every[p].prompt
     if world > 1:
         dist.destroy_process_group()
     q.put((rank, (answers, generated, mem.pass_rate)))
@@ -237,3 +242,19 @@ def test_memory_refresh_split_over_ranks_gives_every_rank_the_same_memory():
     assert a0 == a1 and pass0 == pass1                       # the same memory on both ranks
     assert a0, "no prompt answered: the test compares nothing"
     assert any(p % 2 for p in a0)                             # rank 0 holds answers that rank 1 generated
+
+
+def test_memory_refresh_of_one_prompt_over_two_ranks_does_not_hang():
+    """One memory prompt, two ranks: rank 1 has nothing to generate and still joins the gather."""
+    ctx = mp.get_context("spawn")
+    q = ctx.Queue()
+    port = _free_port()
+    procs = [ctx.Process(target=_refresh_run, args=(r, 2, port, q, 1, 0)) for r in range(2)]
+    for p in procs:
+        p.start()
+    got = dict(q.get(timeout=300) for _ in procs)
+    for p in procs:
+        p.join(60)
+        assert p.exitcode == 0
+    assert got[0][1] == [1] and got[1][1] == []               # only rank 0 generated
+    assert got[0][0] == got[1][0] and got[0][2] == got[1][2]

@@ -47,7 +47,7 @@ import random
 
 import torch
 
-from retainrl.parallel import all_gather_objects, all_sum, my_share
+from retainrl.parallel import all_gather_objects, all_sum, is_active, my_share
 from retainrl.policy.rollout import Rollout, SamplingConfig, completion_logprobs, generate
 from retainrl.rl.advantages import grpo_advantages
 from retainrl.rl.losses import aggregate
@@ -271,12 +271,13 @@ class AnswerMemory:
         offset by the rank) and the new answers gathered, so every rank ends with the same memory
         at 1/W of the generation and verification each."""
         every = self.tasks + self.heldout
+        split = is_active()    # the same on every rank: every rank joins the gather below
         mine = my_share(len(every))
         found: dict[int, Rollout] = {}
         n_passed = 0
         if mine:
             r = generate(policy, [every[i].prompt for i in mine], n=self.samples, cfg=sampling,
-                         seed=seed + 7919 * mine[0] if len(mine) < len(every) else seed)
+                         seed=seed + 7919 * mine[0] if split else seed)
             verdicts = verify_many(sandbox, [(every[mine[i]], text) for i, text in zip(r.task_index, r.texts)])
             passed = [v.reward("binary") >= 1.0 for v in verdicts]
             n_passed = sum(passed)
@@ -286,7 +287,7 @@ class AnswerMemory:
                     ans = r.select(rows)
                     ans.group_size, ans.temperature, ans.task_index = 1, 1.0, [p] * len(rows)
                     found[p] = ans
-        if len(mine) < len(every):   # several ranks: every rank's new answers, on the CPU
+        if split:   # several ranks: every rank's new answers, on the CPU
             cpu = {p: dataclasses.replace(a, prompt_ids=a.prompt_ids.cpu(), prompt_mask=a.prompt_mask.cpu(),
                                           completion_ids=a.completion_ids.cpu(),
                                           completion_mask=a.completion_mask.cpu(), old_logprobs=None, rewards=None)
