@@ -63,10 +63,26 @@ def _run(rank: int, world: int, space: str, port: int, out):
         dist.destroy_process_group()
 
 
-def _worker(rank, world, space, port, q):
+def _worker(rank, world, port, q, space):
     out = {}
     _run(rank, world, space, port, out)
     q.put((rank, out[rank].tolist()))  # plain data: shared-memory tensors die with the child
+
+
+def _two_ranks(target, *args, timeout: float = 300) -> dict:
+    """rank -> what target(rank, 2, port, q, *args) put on the queue, from two spawned gloo ranks
+    (both must exit cleanly)."""
+    ctx = mp.get_context("spawn")
+    q = ctx.Queue()
+    port = _free_port()
+    procs = [ctx.Process(target=target, args=(r, 2, port, q, *args)) for r in range(2)]
+    for p in procs:
+        p.start()
+    got = dict(q.get(timeout=timeout) for _ in procs)
+    for p in procs:
+        p.join(60)
+        assert p.exitcode == 0
+    return got
 
 
 def _free_port() -> int:
@@ -79,16 +95,7 @@ def _free_port() -> int:
 def test_two_ranks_stay_identical_and_match_one_process(space):
     single: dict = {}
     _run(0, 1, space, 0, single)
-    ctx = mp.get_context("spawn")
-    q = ctx.Queue()
-    port = _free_port()
-    procs = [ctx.Process(target=_worker, args=(r, 2, space, port, q)) for r in range(2)]
-    for p in procs:
-        p.start()
-    results = {r: torch.tensor(v) for r, v in (q.get(timeout=120) for _ in procs)}
-    for p in procs:
-        p.join(60)
-        assert p.exitcode == 0
+    results = {r: torch.tensor(v) for r, v in _two_ranks(_worker, space, timeout=120).items()}
     assert torch.equal(results[0], results[1]), "ranks diverged"
     assert torch.allclose(results[0], single[0], atol=1e-6), "distributed update differs from one process"
     assert not torch.allclose(single[0], flat_params(list(_model().parameters()))), "nothing was trained"
@@ -159,16 +166,7 @@ def test_answer_rows_split_over_ranks_match_one_process():
     # one process: per step the rows' pass (then, on the first, the anchor values) and the realised pass, 10 rows
     # each (5 prompts x 2 distinct answers); the rows bind, so the projection moved the step
     assert single_rows == [10] * 5 and min(active) > 0
-    ctx = mp.get_context("spawn")
-    q = ctx.Queue()
-    port = _free_port()
-    procs = [ctx.Process(target=_answer_run, args=(r, 2, port, q)) for r in range(2)]
-    for p in procs:
-        p.start()
-    got = dict(q.get(timeout=300) for _ in procs)
-    for p in procs:
-        p.join(60)
-        assert p.exitcode == 0
+    got = _two_ranks(_answer_run)
     (a, rows_a, _), (b, rows_b, _) = got[0], got[1]
     assert torch.equal(torch.tensor(a), torch.tensor(b)), "ranks diverged"
     assert torch.allclose(torch.tensor(a), torch.tensor(single), atol=1e-6)
@@ -179,16 +177,7 @@ def test_answer_rows_split_over_ranks_match_one_process():
 def test_one_answer_row_over_two_ranks_does_not_hang():
     """One memory prompt, two ranks: rank 1 has no row to run and still joins the sum."""
     single, _, _ = _answer_run(0, 1, 0, None, 1)
-    ctx = mp.get_context("spawn")
-    q = ctx.Queue()
-    port = _free_port()
-    procs = [ctx.Process(target=_answer_run, args=(r, 2, port, q, 1)) for r in range(2)]
-    for p in procs:
-        p.start()
-    got = dict(q.get(timeout=300) for _ in procs)
-    for p in procs:
-        p.join(60)
-        assert p.exitcode == 0
+    got = _two_ranks(_answer_run, 1)
     assert torch.equal(torch.tensor(got[0][0]), torch.tensor(got[1][0]))
     assert torch.allclose(torch.tensor(got[0][0]), torch.tensor(single), atol=1e-6)
     # rank 0: rows, anchor, realised; rows, realised. rank 1 runs no gradient pass, only the value passes
@@ -227,16 +216,7 @@ def _refresh_run(rank: int, world: int, port: int, q, n_prompts: int = 5, n_held
 def test_memory_refresh_split_over_ranks_gives_every_rank_the_same_memory():
     """Two ranks each generate and verify half of the memory's 7 prompts and gather the answers:
     both end with the same memory, the union of their halves."""
-    ctx = mp.get_context("spawn")
-    q = ctx.Queue()
-    port = _free_port()
-    procs = [ctx.Process(target=_refresh_run, args=(r, 2, port, q)) for r in range(2)]
-    for p in procs:
-        p.start()
-    got = dict(q.get(timeout=300) for _ in procs)
-    for p in procs:
-        p.join(60)
-        assert p.exitcode == 0
+    got = _two_ranks(_refresh_run)
     (a0, gen0, pass0), (a1, gen1, pass1) = got[0], got[1]
     assert gen0 == [4] and gen1 == [3]                       # prompts 0, 2, 4, 6 and 1, 3, 5
     assert a0 == a1 and pass0 == pass1                       # the same memory on both ranks
@@ -246,15 +226,6 @@ def test_memory_refresh_split_over_ranks_gives_every_rank_the_same_memory():
 
 def test_memory_refresh_of_one_prompt_over_two_ranks_does_not_hang():
     """One memory prompt, two ranks: rank 1 has nothing to generate and still joins the gather."""
-    ctx = mp.get_context("spawn")
-    q = ctx.Queue()
-    port = _free_port()
-    procs = [ctx.Process(target=_refresh_run, args=(r, 2, port, q, 1, 0)) for r in range(2)]
-    for p in procs:
-        p.start()
-    got = dict(q.get(timeout=300) for _ in procs)
-    for p in procs:
-        p.join(60)
-        assert p.exitcode == 0
+    got = _two_ranks(_refresh_run, 1, 0)
     assert got[0][1] == [1] and got[1][1] == []               # only rank 0 generated
     assert got[0][0] == got[1][0] and got[0][2] == got[1][2]
