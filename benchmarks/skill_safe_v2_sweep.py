@@ -30,6 +30,9 @@ method's strengths):
                  name, e.g. --strength safe=pll-phase-0.02,trust-0.0002)
     safe+replay  the safe variants named by --strength safe+replay=... (default pll-phase-0.02)
                  with method.name=replay, replay_fraction 0.25
+    softmin      GRPO with protocol.skill_weighting=softmin, protocol.softmin_temperature  0.05, 0.2
+                 (mixed order only: prompts steered towards the skill with the lowest reward)
+    safe+softmin the default safe variant (pll-phase-0.02) with the softmin weighting         0.05, 0.2
 
 Profiles (`--profile`): "full" is configs/seq_v3.yaml as it is (20 steps per phase, 200 held-out
 tasks per skill, evaluation every 10 steps); "small" keeps the training (the same steps, batch
@@ -99,7 +102,8 @@ DEFAULT_SAFE = ["mean-step", "pll-step", "pll-phase-0.005", "pll-phase-0.02", "p
                 "pll-phase-0.02-r5", "sub-phase-0.02", "trust-0.0002", "trust-0.002"]
 
 STRENGTHS = {"kl": ["0.01", "0.05", "0.2"], "replay": ["0.125", "0.25", "0.5"], "ewc": ["10", "100", "1000"],
-             "l2sp": ["0.1", "1", "10"], "safe": DEFAULT_SAFE, "safe+replay": ["pll-phase-0.02"]}
+             "l2sp": ["0.1", "1", "10"], "safe": DEFAULT_SAFE, "safe+replay": ["pll-phase-0.02"],
+             "softmin": ["0.05", "0.2"], "safe+softmin": ["0.05", "0.2"]}
 
 
 def variants(method: str, strengths: list[str] | None) -> list[tuple[str, list[str]]]:
@@ -112,6 +116,10 @@ def variants(method: str, strengths: list[str] | None) -> list[tuple[str, list[s
     if method in ("replay", "ewc", "l2sp"):
         key = {"replay": "replay_fraction", "ewc": "ewc_lambda", "l2sp": "l2sp_lambda"}[method]
         return [(f"{method}-{v}", [f"method.name={method}", f"method.{key}={v}"]) for v in vals]
+    if method in ("softmin", "safe+softmin"):
+        safe = ["safety.enabled=true", *SAFE_VARIANTS["pll-phase-0.02"]] if method == "safe+softmin" else []
+        return [(f"{method}-{v}", [*safe, "protocol.skill_weighting=softmin", f"protocol.softmin_temperature={v}"])
+                for v in vals]
     if method in ("safe", "safe+replay"):
         unknown = [v for v in vals if v not in SAFE_VARIANTS]
         if unknown:

@@ -1,13 +1,84 @@
-"""Which training tasks a step sees: per-phase skills, mixed-protocol weights, replay.
+"""Which training tasks a step sees: per-phase skills, mixed-protocol weights, replay, and the
+softmin skill weighting that steers a multi-skill phase towards its worst skill.
 
-Deterministic for a seed; its RNG state is part of every checkpoint.
+Deterministic for a seed; its RNG state (and the weighting's estimates) are part of every
+checkpoint.
+
+Softmin weighting (`protocol.skill_weighting=softmin`) is KL-regularised group DRO in closed
+form: the prompt distribution over a phase's skills is
+
+    q = argmax_q  sum_s q_s * (1 - r_s) - tau * KL(q || w)   =>   q_s ∝ w_s * exp(-r_s / tau)
+
+where r_s is an exponential moving average of skill s's mean training reward (the rollouts'
+own rewards, no extra evaluation), w the fixed `mixed_weights` and tau the temperature; then
+mixed with the uniform distribution so that every skill keeps a `floor` share of the prompts
+(its estimate keeps being updated). tau -> inf is the fixed weighting. Unlike Sagawa et al.'s
+online group DRO (q_s <- q_s exp(eta * loss_s), which accumulates), q follows the current
+estimates, so a skill that catches up stops being favoured. The weights are drawn as sampling
+probabilities, not as loss weights: more prompts of the worst skill, not larger gradients
+from its few (the variance of a few GRPO groups is the problem being solved).
 """
 
 from __future__ import annotations
 
+import math
 import random
 
 from retainrl.data.task import Task
+
+
+def softmin_weights(estimates: dict[str, float], base: dict[str, float], temperature: float,
+                    floor: float) -> dict[str, float]:
+    """Sampling probabilities q_s = floor + (1 - n*floor) * softmin_s, over the skills of `base`
+    with a weight > 0 (n of them); softmin_s ∝ base_s * exp(-(r_s - min r) / temperature).
+    `estimates` must hold every such skill. Returns {skill: q_s} summing to 1 (0 for weight-0
+    skills)."""
+    live = [s for s, w in base.items() if w > 0]
+    if not live:
+        raise ValueError("softmin_weights: no skill has a weight > 0")
+    if temperature <= 0 or not 0 <= floor * len(live) <= 1:
+        raise ValueError(f"softmin_weights: temperature {temperature} must be > 0 and floor {floor} <= 1/{len(live)}")
+    lo = min(estimates[s] for s in live)  # shift for stability: the worst skill's exponent is 0
+    raw = {s: base[s] * math.exp(-(estimates[s] - lo) / temperature) for s in live}
+    z = sum(raw.values())
+    out = {s: 0.0 for s in base}
+    for s in live:
+        out[s] = floor + (1 - floor * len(live)) * raw[s] / z
+    return out
+
+
+class SkillFocus:
+    """The softmin weighting's state: one reward estimate per skill (None until first seen).
+
+    observe(): after a step, with the step's mean training reward of each skill that had prompts
+    in it (global over ranks, so every rank holds the same estimates). weights(): the sampling
+    probabilities for the next step; the fixed weights until every skill has been seen once.
+    """
+
+    def __init__(self, temperature: float, ema: float, floor: float):
+        self.temperature, self.ema, self.floor = temperature, ema, floor
+        self.estimates: dict[str, float] = {}
+
+    def observe(self, rewards: dict[str, float]) -> None:
+        for s, r in rewards.items():
+            old = self.estimates.get(s)
+            self.estimates[s] = float(r) if old is None else (1 - self.ema) * old + self.ema * float(r)
+
+    def weights(self, skills: list[str], base: dict[str, float]) -> dict[str, float]:
+        w = {s: float(base.get(s, 1.0)) for s in skills}
+        if len(skills) < 2 or any(s not in self.estimates for s in skills if w[s] > 0):
+            return w
+        return softmin_weights(self.estimates, w, self.temperature, self.floor)
+
+    def state(self) -> dict[str, float]:
+        return dict(self.estimates)
+
+    def load_state(self, state) -> None:
+        if not isinstance(state, dict) or not all(isinstance(k, str) and isinstance(v, (int, float)) and
+                                                  math.isfinite(v) for k, v in state.items()):
+            raise ValueError(f"the skill-weighting estimates are not a mapping of skill -> finite number: "
+                             f"{str(state)[:120]}")
+        self.estimates = {k: float(v) for k, v in state.items()}
 
 
 class TaskSampler:

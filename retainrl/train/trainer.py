@@ -38,7 +38,7 @@ from retainrl.train.runio import Fanout, MetricsLog, RunError, TensorBoard, Wand
 from retainrl.baselines import make_baseline
 from retainrl.safety.layer import SafetyLayer, protected_skills
 from retainrl.seeds import step_seed  # noqa: F401  (re-exported: callers import it from here)
-from retainrl.train.sampler import TaskSampler
+from retainrl.train.sampler import SkillFocus, TaskSampler
 from retainrl.verify import Sandbox
 from retainrl.verify.checks import verify_many
 
@@ -122,6 +122,9 @@ class Trainer:
                               f"{', '.join(sorted(set(self.train_tasks) | set(self.heldout)))})",
                               f"safety.eps_per_skill.{unknown[0]}")
         self.sampler = TaskSampler(self.train_tasks, cfg.seed)
+        pc = cfg.protocol
+        self.focus = SkillFocus(pc.softmin_temperature, pc.softmin_ema, pc.softmin_floor) \
+            if pc.skill_weighting == "softmin" else None
         params = self.policy.trainable_parameters()
         distributed.broadcast_parameters(params)
         if cfg.rl.optimizer == "sgd":
@@ -172,6 +175,7 @@ class Trainer:
         metrics = zlib.compress("".join(log.lines).encode("utf-8"))
         return {"adapter": self.policy.adapter_state(), "optimizer": self.opt.state_dict(),
                 "method": self.method.state(), "sampler": self.sampler.state(),
+                "focus": self.focus.state() if self.focus is not None else None,
                 "safety": self.safety.state() if self.safety is not None else None,
                 "rng": {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()},
                 "global_step": self.global_step, "phase": self.phase, "phase_step": self.phase_step,
@@ -263,6 +267,8 @@ class Trainer:
         if self.safety is not None:
             self.safety.load_state(st["safety"])
         self.sampler.set_state(st["sampler"])
+        if self.focus is not None:
+            self.focus.load_state(st.get("focus") or {})  # a checkpoint from before the weighting existed: none
         random.setstate(st["rng"]["python"])
         np.random.set_state(st["rng"]["numpy"])
         torch.set_rng_state(st["rng"]["torch"])
@@ -416,7 +422,9 @@ class Trainer:
         skills = self.phases[self.phase]
         earlier = [s for p in self.phases[:self.phase] for s in p if s not in skills]
         replay = self.method.replay_fraction if earlier else 0.0
-        tasks = self.sampler.sample(skills, rl.prompts_per_step, weights=cfg.protocol.mixed_weights or None,
+        weights = self.focus.weights(skills, cfg.protocol.mixed_weights) if self.focus is not None \
+            else cfg.protocol.mixed_weights or None
+        tasks = self.sampler.sample(skills, rl.prompts_per_step, weights=weights,
                                     replay_skills=earlier, replay_fraction=replay)
         d = self.dist
         batch_skills = sorted({t.skill for t in tasks})  # the global batch's skills, same on every rank
@@ -452,6 +460,9 @@ class Trainer:
         if stats.get("skipped"):
             self.counters["skipped_steps"] += 1
         per_skill = {f"reward/{s}": tot[5 + 2 * k] / max(1.0, tot[6 + 2 * k]) for k, s in enumerate(batch_skills)}
+        if self.focus is not None:  # the weights this step drew with, then the estimates for the next
+            stats.update({f"focus/weight/{s}": w for s, w in weights.items()})
+            self.focus.observe({s: per_skill[f"reward/{s}"] for s in skills if s in batch_skills})
         # stats first: its reward/adv/policy numbers are this rank's; the batch totals override
         return {**stats, "kind": "train", "step": self.global_step, "phase": self.phase, "skills": skills,
                 "reward/mean": reward_sum / max(1.0, n_samples), **per_skill,
