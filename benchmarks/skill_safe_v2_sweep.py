@@ -161,6 +161,10 @@ def plan(a) -> list[Run]:
             raise SystemExit(f"unknown order {order!r}; known: {', '.join(ORDERS)}")
         # mixed: one phase of the three skills as long as the whole sequence (protect: all of them)
         mixed = [] if order != "mixed" else ["protocol.kind=mixed", f"protocol.steps_per_phase={3 * steps}"]
+        only_mixed = sorted({"softmin", "safe+softmin"} & set(a.methods.split(",")))
+        if only_mixed and order != "mixed":  # one skill per phase: the runs would repeat plain / safe
+            raise SystemExit(f"--methods {','.join(only_mixed)} weigh the skills of a mixed phase; order {order!r} "
+                             f"has one skill per phase (use --orders mixed)")
         for ws in [int(x) for x in a.world_seeds.split(",")]:
             for method in a.methods.split(","):
                 for name, ov in variants(method, strengths.get(method)):

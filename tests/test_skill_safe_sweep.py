@@ -101,3 +101,19 @@ def test_mixed_runs_without_forgetting_are_summarised(tmp_path, capsys):
     sweep.run_all(runs, parallel=1)                  # finished: nothing to train, no crash on the None
     sweep.summary(runs, None)
     assert "| plain | 1 | - | 0.150 | - | 0.200 | 0.360 |" in capsys.readouterr().out
+
+
+def test_softmin_methods_plan_mixed_runs_only(tmp_path):
+    runs = sweep.plan(_args(tmp_path, methods="softmin,safe+softmin", orders="mixed"))
+    sweep.validate(runs)
+    assert {r.variant for r in runs} == {"softmin-0.05", "softmin-0.2", "safe+softmin-0.05", "safe+softmin-0.2"}
+    r = next(r for r in runs if r.variant == "safe+softmin-0.05")
+    assert {"protocol.kind=mixed", "protocol.skill_weighting=softmin", "protocol.softmin_temperature=0.05",
+            "safety.enabled=true", "safety.constraint=prompt_ll"} <= set(r.args)
+    assert "safety.enabled=true" not in next(r for r in runs if r.variant == "softmin-0.2").args
+    try:  # one skill per phase: the weighting would do nothing, and the runs would repeat plain's
+        sweep.plan(_args(tmp_path, methods="plain,softmin", orders="grr"))
+    except SystemExit as e:
+        assert "--orders mixed" in str(e)
+    else:
+        raise AssertionError("softmin planned for a sequential order")

@@ -71,16 +71,17 @@ class ProtocolConfig:
                                              must="hold finite weights >= 0")
     skill_weighting: Literal["fixed", "softmin"] = option(
         "fixed", "How a phase with several skills (mixed) shares its prompts: fixed: by mixed_weights; softmin: "
-                 "towards the skill with the lowest running training reward, q_s ∝ w_s exp(-r_s / "
-                 "softmin_temperature) (KL-regularised group DRO; train/sampler.py).")
+                 "towards the skill with the lowest running training reward, q = lam w + (1 - lam) p, p_s ∝ w_s "
+                 "exp(-r_s / softmin_temperature), lam = softmin_fixed_share (KL-regularised group DRO; "
+                 "train/sampler.py).")
     softmin_temperature: float = option(0.1, "softmin: temperature, in reward units (smaller: more of the prompts "
                                              "go to the worst skill).", check=lambda v: math.isfinite(v) and v > 0,
                                         must="be a finite number > 0")
     softmin_ema: float = option(0.3, "softmin: weight of the newest step in each skill's running reward.",
                                 check=lambda v: 0 < v <= 1, must="be in (0, 1]")
-    softmin_floor: float = option(0.1, "softmin: share of the prompts every skill keeps (mixed with uniform); at "
-                                       "most 1 / the number of skills.", check=lambda v: 0 <= v <= 0.5,
-                                  must="be in [0, 0.5]")
+    softmin_fixed_share: float = option(0.3, "softmin: share of the prompts still drawn by the fixed weights, so "
+                                             "that every skill keeps some (and its reward estimate stays fresh).",
+                                        check=lambda v: 0 <= v <= 1, must="be in [0, 1]")
 
 
 @dataclass
@@ -275,16 +276,10 @@ class RunConfig:
                 if len(phase) > 1 and total <= 0:
                     raise ConfigError(f"protocol.mixed_weights: the weights of phase {phase} sum to 0; at least one "
                                       f"must be > 0", "protocol.mixed_weights")
-        if p.skill_weighting == "softmin":
-            live = [[sk for sk in phase if p.mixed_weights.get(sk, 1.0) > 0] for phase in self.phase_skills()]
-            if max(len(ph) for ph in live) < 2:
-                warnings.warn("protocol.skill_weighting=softmin with no phase of two or more skills does nothing "
-                              "(it shares a phase's prompts between its skills)", stacklevel=2)
-            for ph in live:
-                if len(ph) >= 2 and p.softmin_floor * len(ph) > 1:
-                    raise ConfigError(f"protocol.softmin_floor: {p.softmin_floor} for each of {len(ph)} skills "
-                                      f"({', '.join(ph)}) is more than all the prompts; use at most "
-                                      f"{1 / len(ph):.4g}", "protocol.softmin_floor")
+        if p.skill_weighting == "softmin" and max(
+                sum(p.mixed_weights.get(sk, 1.0) > 0 for sk in phase) for phase in self.phase_skills()) < 2:
+            warnings.warn("protocol.skill_weighting=softmin with no phase of two or more skills does nothing "
+                          "(it shares a phase's prompts between its skills)", stacklevel=2)
         # settings that are legal but do nothing here: say so instead of training as if they worked
         first_only = len(self.phase_skills()) == 1
         # (mixed protects every skill of its one phase whatever `protect` says: layer.protected_skills)

@@ -7,16 +7,19 @@ checkpoint.
 Softmin weighting (`protocol.skill_weighting=softmin`) is KL-regularised group DRO in closed
 form: the prompt distribution over a phase's skills is
 
-    q = argmax_q  sum_s q_s * (1 - r_s) - tau * KL(q || w)   =>   q_s ∝ w_s * exp(-r_s / tau)
+    p = argmax_p  sum_s p_s * (1 - r_s) - tau * KL(p || w)   =>   p_s ∝ w_s * exp(-r_s / tau)
 
 where r_s is an exponential moving average of skill s's mean training reward (the rollouts'
-own rewards, no extra evaluation), w the fixed `mixed_weights` and tau the temperature; then
-mixed with the uniform distribution so that every skill keeps a `floor` share of the prompts
-(its estimate keeps being updated). tau -> inf is the fixed weighting. Unlike Sagawa et al.'s
-online group DRO (q_s <- q_s exp(eta * loss_s), which accumulates), q follows the current
-estimates, so a skill that catches up stops being favoured. The weights are drawn as sampling
-probabilities, not as loss weights: more prompts of the worst skill, not larger gradients
-from its few (the variance of a few GRPO groups is the problem being solved).
+own rewards, no extra evaluation), w the fixed `mixed_weights` (normalised) and tau the
+temperature; the prompts are then drawn from q = lam * w + (1 - lam) * p, lam =
+`softmin_fixed_share`, so that every skill keeps a share of them and its estimate keeps being
+updated (q is then no longer the argmax). tau -> inf or lam = 1 is the fixed weighting. Unlike
+Sagawa et al.'s online group DRO (q_s <- q_s exp(eta * loss_s), which accumulates), q follows
+the current estimates, so a skill that catches up stops being favoured. The weights are drawn
+as sampling probabilities, not as loss weights: more prompts of the worst skill, not larger
+gradients from its few (the variance of a few GRPO groups is the problem being solved).
+Estimates are kept per skill across phases: a skill trained again in a later multi-skill phase
+starts from its last estimate.
 """
 
 from __future__ import annotations
@@ -28,22 +31,23 @@ from retainrl.data.task import Task
 
 
 def softmin_weights(estimates: dict[str, float], base: dict[str, float], temperature: float,
-                    floor: float) -> dict[str, float]:
-    """Sampling probabilities q_s = floor + (1 - n*floor) * softmin_s, over the skills of `base`
-    with a weight > 0 (n of them); softmin_s ∝ base_s * exp(-(r_s - min r) / temperature).
-    `estimates` must hold every such skill. Returns {skill: q_s} summing to 1 (0 for weight-0
-    skills)."""
+                    fixed_share: float) -> dict[str, float]:
+    """Sampling probabilities q_s = lam * w_s + (1 - lam) * p_s over the skills of `base`, w = base
+    normalised, p_s ∝ w_s * exp(-(r_s - min r) / temperature), lam = fixed_share. Skills of weight
+    0 get 0; `estimates` must hold every other skill. Returns {skill: q_s}, summing to 1."""
     live = [s for s, w in base.items() if w > 0]
     if not live:
         raise ValueError("softmin_weights: no skill has a weight > 0")
-    if temperature <= 0 or not 0 <= floor * len(live) <= 1:
-        raise ValueError(f"softmin_weights: temperature {temperature} must be > 0 and floor {floor} <= 1/{len(live)}")
+    if temperature <= 0 or not 0 <= fixed_share <= 1:
+        raise ValueError(f"softmin_weights: temperature {temperature} must be > 0 and fixed_share {fixed_share} "
+                         f"in [0, 1]")
+    total = sum(base[s] for s in live)
     lo = min(estimates[s] for s in live)  # shift for stability: the worst skill's exponent is 0
     raw = {s: base[s] * math.exp(-(estimates[s] - lo) / temperature) for s in live}
     z = sum(raw.values())
     out = {s: 0.0 for s in base}
     for s in live:
-        out[s] = floor + (1 - floor * len(live)) * raw[s] / z
+        out[s] = fixed_share * base[s] / total + (1 - fixed_share) * raw[s] / z
     return out
 
 
@@ -52,11 +56,12 @@ class SkillFocus:
 
     observe(): after a step, with the step's mean training reward of each skill that had prompts
     in it (global over ranks, so every rank holds the same estimates). weights(): the sampling
-    probabilities for the next step; the fixed weights until every skill has been seen once.
+    probabilities for the next step; the fixed weights (normalised) until every skill has been
+    seen once. With replay, these are shares of the phase's prompts, not of the replayed ones.
     """
 
-    def __init__(self, temperature: float, ema: float, floor: float):
-        self.temperature, self.ema, self.floor = temperature, ema, floor
+    def __init__(self, temperature: float, ema: float, fixed_share: float):
+        self.temperature, self.ema, self.fixed_share = temperature, ema, fixed_share
         self.estimates: dict[str, float] = {}
 
     def observe(self, rewards: dict[str, float]) -> None:
@@ -67,8 +72,9 @@ class SkillFocus:
     def weights(self, skills: list[str], base: dict[str, float]) -> dict[str, float]:
         w = {s: float(base.get(s, 1.0)) for s in skills}
         if len(skills) < 2 or any(s not in self.estimates for s in skills if w[s] > 0):
-            return w
-        return softmin_weights(self.estimates, w, self.temperature, self.floor)
+            total = sum(w.values())
+            return {s: v / total for s, v in w.items()}
+        return softmin_weights(self.estimates, w, self.temperature, self.fixed_share)
 
     def state(self) -> dict[str, float]:
         return dict(self.estimates)

@@ -123,7 +123,7 @@ class Trainer:
                               f"safety.eps_per_skill.{unknown[0]}")
         self.sampler = TaskSampler(self.train_tasks, cfg.seed)
         pc = cfg.protocol
-        self.focus = SkillFocus(pc.softmin_temperature, pc.softmin_ema, pc.softmin_floor) \
+        self.focus = SkillFocus(pc.softmin_temperature, pc.softmin_ema, pc.softmin_fixed_share) \
             if pc.skill_weighting == "softmin" else None
         params = self.policy.trainable_parameters()
         distributed.broadcast_parameters(params)
@@ -268,7 +268,7 @@ class Trainer:
             self.safety.load_state(st["safety"])
         self.sampler.set_state(st["sampler"])
         if self.focus is not None:
-            self.focus.load_state(st.get("focus") or {})  # a checkpoint from before the weighting existed: none
+            self.focus.load_state(st["focus"])  # the config matched, so the checkpoint was written with it
         random.setstate(st["rng"]["python"])
         np.random.set_state(st["rng"]["numpy"])
         torch.set_rng_state(st["rng"]["torch"])
