@@ -30,6 +30,8 @@ method's strengths):
                  name, e.g. --strength safe=pll-phase-0.02,trust-0.0002)
     safe+replay  the safe variants named by --strength safe+replay=... (default pll-phase-0.02)
                  with method.name=replay, replay_fraction 0.25
+    safe+ewc     the default safe variant (pll-phase-0.02) with method.name=ewc, method.ewc_lambda  10, 100
+    safe+l2sp    the default safe variant with method.name=l2sp, method.l2sp_lambda           0.01, 0.03
     softmin      GRPO with protocol.skill_weighting=softmin, protocol.softmin_temperature  0.05, 0.2
                  (mixed order only: prompts steered towards the skill with the lowest reward)
     safe+softmin the default safe variant (pll-phase-0.02) with the softmin weighting         0.05, 0.2
@@ -103,7 +105,8 @@ DEFAULT_SAFE = ["mean-step", "pll-step", "pll-phase-0.005", "pll-phase-0.02", "p
 
 STRENGTHS = {"kl": ["0.01", "0.05", "0.2"], "replay": ["0.125", "0.25", "0.5"], "ewc": ["10", "100", "1000"],
              "l2sp": ["0.1", "1", "10"], "safe": DEFAULT_SAFE, "safe+replay": ["pll-phase-0.02"],
-             "softmin": ["0.05", "0.2"], "safe+softmin": ["0.05", "0.2"]}
+             "softmin": ["0.05", "0.2"], "safe+softmin": ["0.05", "0.2"],
+             "safe+ewc": ["10", "100"], "safe+l2sp": ["0.01", "0.03"]}
 
 
 def variants(method: str, strengths: list[str] | None) -> list[tuple[str, list[str]]]:
@@ -116,6 +119,11 @@ def variants(method: str, strengths: list[str] | None) -> list[tuple[str, list[s
     if method in ("replay", "ewc", "l2sp"):
         key = {"replay": "replay_fraction", "ewc": "ewc_lambda", "l2sp": "l2sp_lambda"}[method]
         return [(f"{method}-{v}", [f"method.name={method}", f"method.{key}={v}"]) for v in vals]
+    if method in ("safe+ewc", "safe+l2sp"):  # the default constraint beside a penalty baseline
+        base = method.split("+")[1]
+        key = {"ewc": "ewc_lambda", "l2sp": "l2sp_lambda"}[base]
+        return [(f"{method}-{v}", ["safety.enabled=true", *SAFE_VARIANTS["pll-phase-0.02"], f"method.name={base}",
+                                   f"method.{key}={v}"]) for v in vals]
     if method in ("softmin", "safe+softmin"):
         safe = ["safety.enabled=true", *SAFE_VARIANTS["pll-phase-0.02"]] if method == "safe+softmin" else []
         return [(f"{method}-{v}", [*safe, "protocol.skill_weighting=softmin", f"protocol.softmin_temperature={v}"])

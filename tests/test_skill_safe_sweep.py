@@ -117,3 +117,13 @@ def test_softmin_methods_plan_mixed_runs_only(tmp_path):
         assert "--orders mixed" in str(e)
     else:
         raise AssertionError("softmin planned for a sequential order")
+
+
+def test_safe_with_a_penalty_baseline_plans_both(tmp_path):
+    runs = sweep.plan(_args(tmp_path, methods="safe+ewc,safe+l2sp", orders="grr", seeds="0"))
+    sweep.validate(runs)
+    by = {r.variant: set(r.args) for r in runs}
+    assert set(by) == {"safe+ewc-10", "safe+ewc-100", "safe+l2sp-0.01", "safe+l2sp-0.03"}
+    assert {"safety.enabled=true", "safety.budget=phase", "safety.eps=0.02", "method.name=ewc",
+            "method.ewc_lambda=100"} <= by["safe+ewc-100"]
+    assert {"method.name=l2sp", "method.l2sp_lambda=0.01", "safety.enabled=true"} <= by["safe+l2sp-0.01"]
