@@ -95,6 +95,12 @@ SAFE_VARIANTS = {
     # the same with every non-held-out memory prompt constrained at every step (32 - 4 held out): coverage
     "pll-phase-0.02-b28": ["safety.constraint=prompt_ll", "safety.budget=phase", *_ABS, "safety.eps=0.02",
                            "safety.batch_prompts=28"],
+    # the default with the activation-subspace projection of session 8 (safety.act_subspace=both at two
+    # energies), and the subspace with rows that never bind (eps 1.0): is it the subspace or the rows?
+    **{f"pll-phase-0.02-act-{e}": ["safety.constraint=prompt_ll", "safety.budget=phase", *_ABS, "safety.eps=0.02",
+                                   "safety.act_subspace=both", f"safety.act_energy={e}"] for e in ("0.5", "0.7")},
+    "pll-phase-1.0-act-0.7": ["safety.constraint=prompt_ll", "safety.budget=phase", *_ABS, "safety.eps=1.0",
+                              "safety.act_subspace=both", "safety.act_energy=0.7"],
     # the trust region alone (eps = 1 per step never binds): |J_p - J_p(phase start)| <= sqrt(2 delta) to
     # second order, two-sided; delta 0.0002 gives the radius 0.02 of pll-phase-0.02's one-sided budget
     **{f"trust-{d}": ["safety.constraint=prompt_ll", *_STEP, *_ABS, "safety.eps=1.0", f"safety.trust_region={d}"]

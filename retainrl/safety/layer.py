@@ -118,6 +118,7 @@ from retainrl.parallel import (all_sum, all_sum_tensor, allreduce_mean, flat_gra
                                is_sharded, mean_grad, my_share, set_grads, set_params)
 from retainrl.safety.estimates import AnswerMemory, SkillMemory, values_and_grads_many, values_many
 from retainrl.safety.project import project_sequential, project_with_info
+from retainrl.safety.subspace import LoraSubspaces, build_subspaces
 from retainrl.seeds import derive_seed
 
 
@@ -183,12 +184,15 @@ def project_update(g: torch.Tensor, G: torch.Tensor, eps: torch.Tensor | float, 
     return d, info.metrics()
 
 
-def safe_step(params, opt, g: torch.Tensor, G: torch.Tensor, eps, eps_mode: str, space: str, solver: str):
+def safe_step(params, opt, g: torch.Tensor, G: torch.Tensor, eps, eps_mode: str, space: str, solver: str,
+              pre: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None):
     """Apply one skill-safe optimizer step; returns (applied step (d,), projection metrics).
 
     g: (d,) target loss gradient; G: (K, d) protected loss gradients (-grad J), both already
     averaged over ranks. space="grad" projects g and lets the optimizer step from it;
     space="step" lets the optimizer propose Delta from g, then applies -project(-Delta, G, eps).
+    pre (space="step" only): (Delta, theta) -> Delta' applied to the proposed step before the rows
+    (the activation-subspace projection); its removed share is reported as act/removed_share.
     """
     before = flat_params(params)
     if space == "grad":
@@ -199,7 +203,14 @@ def safe_step(params, opt, g: torch.Tensor, G: torch.Tensor, eps, eps_mode: str,
         set_grads(params, g)
         opt.step()  # the optimizer's own step from the target gradient (moments updated)
         proposed = flat_params(params) - before
+        removed = None
+        if pre is not None:
+            kept = pre(proposed, before)
+            removed = float((proposed - kept).double().pow(2).sum() / proposed.double().pow(2).sum().clamp(min=1e-300))
+            proposed = kept
         u, pm = project_update(-proposed, G, eps, eps_mode, solver)
+        if removed is not None:
+            pm = {**pm, "proj/act/removed_share": removed}
         set_params(params, before - u)
     return flat_params(params) - before, pm
 
@@ -579,6 +590,15 @@ class SafetyLayer:
         self.row_cache: dict[str, tuple] = {}        # skill -> (step, memory refresh, theta_c, builder terms)
         self.refreshed_for: dict[str, tuple | None] = {}  # skill -> the protected set its memory was filled for
         self.protected_now: tuple | None = None           # the protected set of the step being taken
+        act = getattr(cfg, "act_subspace", "off")
+        if act != "off":
+            if constraint == "skill_mean" or cfg.space != "step" or cfg.trigger:
+                raise ValueError("safety.act_subspace builds its subspaces from the answer memories and projects the "
+                                 "optimizer's step: it needs constraint prompt_ll or prompt_ll_subspace, space=step "
+                                 "and trigger=false")
+        self.act: LoraSubspaces | None = None        # the protected activation subspaces (act_subspace)
+        self.act_for: tuple | None = None            # the protected set they were built for
+        self._act_state: tuple = (None, None)        # (bases, protected set) from a checkpoint, not yet laid out
 
     def cached_rows(self, skill: str, step: int, params, refreshed_at: int, compute: Callable[[], object]):
         """(terms, shift): `compute()`'s result for `skill`, recomputed when rows_every steps have
@@ -706,12 +726,41 @@ class SafetyLayer:
                 metrics[f"safety/memory_reward/{s}"] = self.memories[s].mean_reward
             if s in self.answer_memories:
                 metrics[f"safety/memory_pass/{s}"] = self.answer_memories[s].pass_rate
-        applied, pm = safe_step(params, optimizer, g, cons.G, cons.eps, cons.eps_mode, self.cfg.space, self.cfg.solver)
+        pre = self._act_projection(policy, params, skills)
+        applied, pm = safe_step(params, optimizer, g, cons.G, cons.eps, cons.eps_mode, self.cfg.space, self.cfg.solver,
+                                pre=pre)
         metrics.update({k.replace("proj/", "safety/"): v for k, v in pm.items()})
+        if pre is not None:
+            metrics.update(self.act.ranks())
         if "safety/num_active" in metrics and cons.G.shape[0]:
             metrics["safety/active_frac"] = metrics["safety/num_active"] / cons.G.shape[0]
         metrics.update(self._diagnostics(g, cons, applied, self.cfg.measure_realised and self.diagnosing(step)))
         return metrics
+
+    def _act_projection(self, policy, params, skills: list[str]):
+        """The activation-subspace projection of this step (None when act_subspace is off), its bases
+        built when the protected set changes, from the constraint prompts' stored answers (the memories
+        were refreshed by the row builder just before) at the current, phase-start parameters."""
+        mode = getattr(self.cfg, "act_subspace", "off")
+        if mode == "off":
+            return None
+        if is_sharded(params):
+            raise ValueError("safety.act_subspace has no sharded (FSDP) form: it projects whole LoRA factors")
+        if self.act is None and self._act_state[0] is not None:  # resumed: the bases the run was using
+            bases, key = self._act_state
+            named = policy.named_trainable()
+            self.act = LoraSubspaces(list(named), [p.shape for p in named.values()],
+                                     {k: (v[0], v[1]) for k, v in bases.items()})
+            self.act_for, self._act_state = (tuple(key) if key is not None else None), (None, None)
+        if self.act is None or self.act_for != self.anchor_for:
+            answers = []
+            for s in skills:
+                mem = self.answer_memories.get(s)
+                if mem is not None:
+                    answers.append([mem.answers[p] for p in range(len(mem.tasks)) if mem.answers[p] is not None])
+            self.act = build_subspaces(policy, answers, mode, self.cfg.act_energy, 1.0)
+            self.act_for = self.anchor_for
+        return self.act.project
 
     def _diagnostics(self, g: torch.Tensor, cons: Constraints, applied: torch.Tensor, realised: bool) -> dict:
         """Per skill (the builder's skill row, else the mean of its rows, i.e. the gradient of the
@@ -759,7 +808,9 @@ class SafetyLayer:
                                     for s, m in self.answer_memories.items()},
                 "anchor": self.anchor, "anchor_for": list(self.anchor_for) if self.anchor_for is not None else None,
                 "row_cache": self.row_cache,
-                "refreshed_for": {k: list(v) if v is not None else None for k, v in self.refreshed_for.items()}}
+                "refreshed_for": {k: list(v) if v is not None else None for k, v in self.refreshed_for.items()},
+                "act_bases": self.act.bases if self.act is not None else None,
+                "act_for": list(self.act_for) if self.act_for is not None else None}
 
     def load_state(self, state: dict) -> None:
         self.reference, self.triggered, self.events = state["reference"], state["triggered"], state["events"]
@@ -773,6 +824,7 @@ class SafetyLayer:
                 setattr(m, k, list(v) if k in ("tasks", "heldout", "answers") else v)
         self.row_cache = dict(state.get("row_cache") or {})
         self.refreshed_for = {k: tuple(v) if v is not None else None for k, v in (state.get("refreshed_for") or {}).items()}
+        self._act_state = (state.get("act_bases"), state.get("act_for"))  # laid out once the policy is known
         if state.get("anchor") is not None:
             self.anchor = state["anchor"]
             self.anchor_for = tuple(state["anchor_for"]) if state.get("anchor_for") is not None else None

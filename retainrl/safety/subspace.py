@@ -1,0 +1,187 @@
+"""Activation subspaces of protected skills per LoRA layer, and the projection of a LoRA step
+that leaves them alone (`safety.act_subspace`).
+
+The coverage problem it answers (docs/LOG.md, 2026-12-01 session 6 and 2026-12-02 session 8):
+per-prompt rows protect the prompts they name; a skill's other prompts drift. GPM (Saha et al.
+2021) and Adam-NSCL (Wang et al. 2021) protect a task through the span of its layer *inputs*,
+which generalises across the task's prompts. For LoRA (W = W0 + s B A, A (r, n_in), B (n_out, r))
+protecting inputs only, dW U = 0, forces dB (A U) = 0, and A U has rank r as soon as U has r
+directions: B stops learning. This module protects the block where both the protected inputs
+and the protected output gradients live ("both", a hard-threshold analogue of K-FAC's Kronecker
+factors E[dy dy^T] x E[x x^T], Martens & Grosse 2015):
+
+    V^T dW U = 0 (to first order, and for the whole finite step of one layer), by
+    dB <- dB - P_g dB Q_A,     dA <- dA - R_B dA P_x
+
+with P_x = U U^T, P_g = V V^T, Q_A the projector onto col(A U) and R_B onto col(B^T V) (r x r, at
+the current A, B). Then V^T dB' A U = 0, V^T B dA' U = 0, and the second-order term V^T dB' dA' U
+= V^T dB (I - Q_A)(I - R_B) dA U vanishes as well. "input" is the same with V = I (GPM on the
+LoRA tangent; dB is then ~0, kept as the ablation). The map is an orthogonal projector on the
+flat LoRA step.
+
+Bases: U (n_in, k_x) and V (n_out, k_g) per LoRA module, the top eigenvectors of the uncentered
+covariances of the protected skills' answers' layer inputs x (at lora_A, non-padding positions,
+each prompt weighing 1) and of the output gradients dy of sum_p J_p (at lora_B; J_p the answer
+log-likelihood of estimates.AnswerMemory), summed over the protected skills; k is GPM's energy
+rule, the fewest eigenvectors holding >= `energy` of the trace. Built once when the protected
+set changes (the phase start, the budget's theta_0) from the constraint prompts' answers, never
+the held-out ones (so their drift stays a test of coverage).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from retainrl.safety.estimates import _answer_loglik, cat_rollouts, distinct_rows
+
+
+def lora_modules(model) -> dict[str, tuple]:
+    """name -> (lora_A Linear, lora_B Linear) of every LoRA-wrapped layer of a peft model (adapter
+    "default")."""
+    out = {}
+    for name, m in model.named_modules():
+        A, B = getattr(m, "lora_A", None), getattr(m, "lora_B", None)
+        if isinstance(A, torch.nn.ModuleDict) and isinstance(B, torch.nn.ModuleDict) and "default" in A:
+            out[name] = (A["default"], B["default"])
+    return out
+
+
+def covariances(policy, answers: list, mods: dict[str, tuple]) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """name -> (C_x (n_in, n_in), C_g (n_out, n_out)) float64 over `answers` (one Rollout per
+    prompt): sum over non-padding positions of x x^T (each prompt weighing 1, its distinct rows by
+    count) and of dy dy^T, dy the gradient of sum_p J_p at lora_B's output. Runs one forward and one
+    backward; leaves the parameters' .grad as it found them."""
+    parts, owner, weight = distinct_rows(answers)
+    _, mask = cat_rollouts(parts).full()                  # the batch _answer_loglik builds, same order
+    per_prompt = torch.zeros(len(answers)).index_add(0, owner, weight)
+    row_w = (weight / per_prompt[owner]).double()
+    xs: dict[str, torch.Tensor] = {}
+    gs: dict[str, torch.Tensor] = {}
+
+    def on_input(module, inputs, output, key):
+        xs[key] = inputs[0].detach()
+
+    def on_output(module, inputs, output, key):          # returns None: the output is left as it is
+        output.register_hook(lambda g: gs.__setitem__(key, g.detach()))
+
+    handles = []
+    for name, (A, B) in mods.items():
+        handles.append(A.register_forward_hook(lambda m, i, o, k=name: on_input(m, i, o, k)))
+        handles.append(B.register_forward_hook(lambda m, i, o, k=name: on_output(m, i, o, k)))
+    leaves = [B.weight for _, B in mods.values()]
+    try:
+        J, _ = _answer_loglik(policy, answers)
+        torch.autograd.grad(J.sum(), leaves, allow_unused=True)  # fires the output hooks; no .grad written
+    finally:
+        for h in handles:
+            h.remove()
+    w = (mask.double() * row_w[:, None]).reshape(-1).to(J.device)   # (B*T,) position weights
+    out = {}
+    for name in mods:
+        x = xs[name].double().reshape(-1, xs[name].shape[-1])
+        g = gs[name].double().reshape(-1, gs[name].shape[-1]) if name in gs else \
+            torch.zeros(x.shape[0], mods[name][1].weight.shape[0], dtype=torch.float64, device=x.device)
+        out[name] = ((x * w[:, None]).T @ x, g.T @ g)
+    return out
+
+
+def basis(C: torch.Tensor, energy: float, max_frac: float = 1.0) -> torch.Tensor:
+    """(n, k): the fewest top eigenvectors of the PSD matrix C (n, n) holding >= `energy` of its
+    trace (GPM's criterion), k <= max(1, max_frac * n); float64."""
+    vals, vecs = torch.linalg.eigh(C.double())
+    vals, vecs = vals.flip(0).clamp(min=0), vecs.flip(1)
+    if float(vals.sum()) <= 0:
+        return vecs[:, :0]
+    frac = vals.cumsum(0) / vals.sum()
+    k = int((frac < energy - 1e-12).sum()) + 1
+    return vecs[:, :min(k, max(1, int(max_frac * C.shape[0])))]
+
+
+def col_projector(M: torch.Tensor, rtol: float = 1e-6) -> torch.Tensor:
+    """(r, r) orthogonal projector onto the column space of M (r, k); 0 for an empty or zero M."""
+    r = M.shape[0]
+    if M.numel() == 0:
+        return torch.zeros(r, r, dtype=M.dtype, device=M.device)
+    U, s, _ = torch.linalg.svd(M, full_matrices=False)
+    if float(s.max()) == 0:
+        return torch.zeros(r, r, dtype=M.dtype, device=M.device)
+    keep = U[:, s > rtol * s.max()]
+    return keep @ keep.T
+
+
+def project_lora(dA: torch.Tensor, dB: torch.Tensor, A: torch.Tensor, B: torch.Tensor, U: torch.Tensor,
+                 V: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The step (dA (r, n_in), dB (n_out, r)) at (A, B) with V^T dW U = 0 (V None: dW U = 0, i.e.
+    V = I); float64 in, float64 out."""
+    Px = U @ U.T
+    Q_A = col_projector(A @ U)
+    if V is None:
+        return dA - col_projector(B.T) @ dA @ Px, dB - dB @ Q_A
+    return dA - col_projector(B.T @ V) @ dA @ Px, dB - (V @ V.T) @ dB @ Q_A
+
+
+class LoraSubspaces:
+    """The protected bases of every LoRA module, laid out on the flat trainable vector.
+
+    names: the trainable parameters' names in flat order (Policy.named_trainable); numels their
+    sizes; bases: module name -> (U, V or None). A module's A and B are found by peft's names
+    "<module>.lora_A.default.weight" / "...lora_B...". Parameters of no module (a value head) pass
+    unchanged."""
+
+    def __init__(self, names: list[str], shapes: list[torch.Size], bases: dict[str, tuple]):
+        offsets, at = {}, 0
+        for n, shp in zip(names, shapes):
+            offsets[n] = (at, shp)
+            at += int(torch.Size(shp).numel())
+        self.blocks = []
+        for mod, (U, V) in bases.items():
+            a, b = offsets[f"{mod}.lora_A.default.weight"], offsets[f"{mod}.lora_B.default.weight"]
+            self.blocks.append((a, b, U, V))
+        self.bases = bases
+
+    @torch.no_grad()
+    def project(self, step: torch.Tensor, params: torch.Tensor) -> torch.Tensor:
+        """step (d,) proposed at flat parameters `params` (d,) -> the projected step (d,)."""
+        out = step.clone()
+        for (a0, ashp), (b0, bshp), U, V in self.blocks:
+            na, nb = int(torch.Size(ashp).numel()), int(torch.Size(bshp).numel())
+            A, B = params[a0:a0 + na].view(ashp).double(), params[b0:b0 + nb].view(bshp).double()
+            dA, dB = step[a0:a0 + na].view(ashp).double(), step[b0:b0 + nb].view(bshp).double()
+            U_, V_ = U.to(A.device), (V.to(A.device) if V is not None else None)
+            pA, pB = project_lora(dA, dB, A, B, U_, V_)
+            out[a0:a0 + na] = pA.reshape(-1).to(out.dtype)
+            out[b0:b0 + nb] = pB.reshape(-1).to(out.dtype)
+        return out
+
+    def ranks(self) -> dict[str, float]:
+        """Mean k_x and k_g over the modules (metrics)."""
+        if not self.bases:
+            return {}
+        kx = [U.shape[1] for U, _ in self.bases.values()]
+        kg = [V.shape[1] for _, V in self.bases.values() if V is not None]
+        out = {"safety/act/k_in": sum(kx) / len(kx)}
+        if kg:
+            out["safety/act/k_out"] = sum(kg) / len(kg)
+        return out
+
+
+def build_subspaces(policy, answers: list, mode: str, energy: float, max_frac: float) -> LoraSubspaces:
+    """LoraSubspaces of `answers` (the protected skills' constraint prompts' answers, a list per
+    skill of one Rollout per prompt) at the policy's current parameters; mode "both" or "input"."""
+    mods = lora_modules(policy.model)
+    if not mods:
+        raise ValueError("safety.act_subspace needs a LoRA (peft) model: no lora_A / lora_B modules found")
+    C: dict[str, list] = {}
+    for per_skill in answers:
+        if not per_skill:
+            continue
+        for name, (cx, cg) in covariances(policy, per_skill, mods).items():
+            if name in C:
+                C[name][0] += cx
+                C[name][1] += cg
+            else:
+                C[name] = [cx, cg]
+    bases = {name: (basis(cx, energy, max_frac), basis(cg, energy, max_frac) if mode == "both" else None)
+             for name, (cx, cg) in C.items()}
+    named = policy.named_trainable()
+    return LoraSubspaces(list(named), [p.shape for p in named.values()], bases)
