@@ -43,12 +43,12 @@ def _random_lora(seed=0, n_in=40, n_out=30, r=8, kx=15, kg=12):
     return A, B, dA, dB, U, V
 
 
-def test_both_leaves_the_protected_block_alone_for_the_finite_step():
-    A, B, dA, dB, U, V = _random_lora()
+def test_both_leaves_the_protected_block_alone():
+    A, B, dA, dB, U, V = _random_lora()                           # k_x = 15 >= r = 8: Q_A = I
     pA, pB = project_lora(dA, dB, A, B, U, V)
     W = lambda A_, B_: B_ @ A_  # noqa: E731
     change = W(A + pA, B + pB) - W(A, B)                          # the whole finite step, second order included
-    assert float((V.T @ change @ U).abs().max()) < 1e-10
+    assert float((V.T @ change @ U).abs().max()) < 1e-10          # exact when k_x >= r (or k_g >= r)
     assert float((V.T @ (W(A + dA, B + dB) - W(A, B)) @ U).abs().max()) > 1e-2  # the raw step does touch it
     assert float(pB.norm()) > 0.3 * float(dB.norm()) and float(pA.norm()) > 0.3 * float(dA.norm())  # both learn
     again = project_lora(pA, pB, A, B, U, V)                      # a projector: idempotent
@@ -57,6 +57,15 @@ def test_both_leaves_the_protected_block_alone_for_the_finite_step():
     removed = torch.cat([(dA - pA).reshape(-1), (dB - pB).reshape(-1)])
     kept = torch.cat([pA.reshape(-1), pB.reshape(-1)])
     assert abs(float(removed @ kept)) < 1e-8 * float(kept.norm() * removed.norm())
+
+
+def test_small_subspaces_are_protected_to_first_order():
+    A, B, dA, dB, U, V = _random_lora(kx=3, kg=3)                 # both below r = 8
+    pA, pB = project_lora(dA, dB, A, B, U, V)
+    first = pB @ A + B @ pA                                       # the first-order change of W
+    assert float((V.T @ first @ U).abs().max()) < 1e-10
+    second = V.T @ (pB @ pA) @ U                                  # the second-order term is not removed here
+    assert float(second.abs().max()) > 1e-3
 
 
 def test_input_only_is_gpm_and_stops_b_learning():
@@ -110,6 +119,57 @@ def test_covariances_weigh_prompts_not_rows_and_ignore_padding(policy_and_answer
     assert len(sub.bases) == len(mods) and sub.ranks()["safety/act/k_in"] >= 1
 
 
+def test_real_policy_layout_projects_each_module_in_place(policy_and_answers):
+    from retainrl.parallel import flat_params
+
+    policy, answers = policy_and_answers
+    sub = build_subspaces(policy, [[answers[0], answers[1]]], "both", 0.7, 1.0)
+    params = policy.trainable_parameters()
+    theta = flat_params(params)
+    step = torch.randn(theta.shape, generator=torch.Generator().manual_seed(1), dtype=theta.dtype)
+    out = sub.project(step, theta)
+    named = policy.named_trainable()
+    at, pieces = 0, {}
+    for n, q in named.items():                                   # unflatten in the parameters' own order
+        pieces[n] = (step[at:at + q.numel()].view(q.shape), out[at:at + q.numel()].view(q.shape))
+        at += q.numel()
+    assert at == theta.numel()
+    for mod, (U, V) in sub.bases.items():
+        A, B = named[f"{mod}.lora_A.default.weight"].detach().double(), named[f"{mod}.lora_B.default.weight"].detach().double()
+        dA, gA = (x.double() for x in pieces[f"{mod}.lora_A.default.weight"])   # (raw step, projected)
+        dB, gB = (x.double() for x in pieces[f"{mod}.lora_B.default.weight"])
+        first = gB @ A + B @ gA
+        raw = dB @ A + B @ dA
+        assert float((V.T @ first @ U).norm()) < 1e-5 * max(1.0, float((V.T @ raw @ U).norm()))
+
+
+def test_bases_wait_for_every_protected_skill_to_have_answers(policy_and_answers):
+    from retainrl.safety.layer import SafetyLayer
+
+    policy, answers = policy_and_answers
+    layer = SafetyLayer(SafetyConfig(act_subspace="both"), {"gen": list(range(50)), "repair": list(range(50))},
+                        None, seed=0)
+    for s in ("gen", "repair"):
+        layer.answer_memory(s)
+    layer.answer_memories["gen"].answers[0] = answers[0]         # repair: nothing answered yet
+    layer.anchor_for = ("gen", "repair")
+    params = policy.trainable_parameters()
+    layer._act_projection(policy, params, ["gen", "repair"])
+    assert layer.act is not None and layer.act_for is None        # built from gen alone, marked incomplete
+    first = layer.act
+    layer.answer_memories["repair"].answers[1] = answers[1]
+    layer._act_projection(policy, params, ["gen", "repair"])
+    assert layer.act is not first and layer.act_for == ("gen", "repair")   # rebuilt once repair has answers
+    again = layer.act
+    layer._act_projection(policy, params, ["gen", "repair"])
+    assert layer.act is again                                     # and then kept for the phase
+    # saved right after a resume, before the next protected step lays them out: not lost
+    fresh = SafetyLayer(SafetyConfig(act_subspace="both"), {"gen": list(range(50)), "repair": list(range(50))},
+                        None, seed=0)
+    fresh.load_state(layer.state())
+    assert fresh.act is None and set(fresh.state()["act_bases"]) == set(layer.act.bases)
+
+
 def test_layer_refuses_what_it_cannot_project():
     from retainrl.safety.layer import SafetyLayer
 
@@ -117,6 +177,10 @@ def test_layer_refuses_what_it_cannot_project():
                 dict(trigger=True)):
         with pytest.raises(ValueError, match="act_subspace"):
             SafetyLayer(SafetyConfig(act_subspace="both", **bad), {}, None, seed=0)
+    from retainrl.integrations.step_hooks import SkillSafeStep
+
+    with pytest.raises(ValueError, match="act_subspace"):   # the TRL / foreign-loop hooks do not project yet
+        SkillSafeStep(SafetyLayer(SafetyConfig(act_subspace="both"), {}, None, seed=0), ["gen"], None, None)
     from retainrl.config import ConfigError, load_config
     from retainrl.train.config import RunConfig
 

@@ -731,7 +731,7 @@ class SafetyLayer:
                                 pre=pre)
         metrics.update({k.replace("proj/", "safety/"): v for k, v in pm.items()})
         if pre is not None:
-            metrics.update(self.act.ranks())
+            metrics.update(self.act.ranks() or {"safety/act/k_in": 0.0})
         if "safety/num_active" in metrics and cons.G.shape[0]:
             metrics["safety/active_frac"] = metrics["safety/num_active"] / cons.G.shape[0]
         metrics.update(self._diagnostics(g, cons, applied, self.cfg.measure_realised and self.diagnosing(step)))
@@ -739,8 +739,10 @@ class SafetyLayer:
 
     def _act_projection(self, policy, params, skills: list[str]):
         """The activation-subspace projection of this step (None when act_subspace is off), its bases
-        built when the protected set changes, from the constraint prompts' stored answers (the memories
-        were refreshed by the row builder just before) at the current, phase-start parameters."""
+        built when the protected set changes, from the constraint prompts' stored answers at the
+        current, phase-start parameters (a skill's memory may be up to refresh_every - 1 steps old).
+        While a protected skill has no answered constraint prompt yet the bases are rebuilt at every
+        step, so that a skill whose memory fills later is covered from then on."""
         mode = getattr(self.cfg, "act_subspace", "off")
         if mode == "off":
             return None
@@ -756,10 +758,11 @@ class SafetyLayer:
             answers = []
             for s in skills:
                 mem = self.answer_memories.get(s)
-                if mem is not None:
-                    answers.append([mem.answers[p] for p in range(len(mem.tasks)) if mem.answers[p] is not None])
+                answers.append([] if mem is None else
+                               [mem.answers[p] for p in range(len(mem.tasks)) if mem.answers[p] is not None])
             self.act = build_subspaces(policy, answers, mode, self.cfg.act_energy, 1.0)
-            self.act_for = self.anchor_for
+            # complete only when every protected skill had answers: else built again next step
+            self.act_for = self.anchor_for if all(answers) else None
         return self.act.project
 
     def _diagnostics(self, g: torch.Tensor, cons: Constraints, applied: torch.Tensor, realised: bool) -> dict:
@@ -809,8 +812,10 @@ class SafetyLayer:
                 "anchor": self.anchor, "anchor_for": list(self.anchor_for) if self.anchor_for is not None else None,
                 "row_cache": self.row_cache,
                 "refreshed_for": {k: list(v) if v is not None else None for k, v in self.refreshed_for.items()},
-                "act_bases": self.act.bases if self.act is not None else None,
-                "act_for": list(self.act_for) if self.act_for is not None else None}
+                # bases loaded from a checkpoint and not laid out yet are saved as they came
+                "act_bases": self.act.bases if self.act is not None else self._act_state[0],
+                "act_for": (list(self.act_for) if self.act_for is not None else None) if self.act is not None
+                else (list(self._act_state[1]) if self._act_state[1] is not None else None)}
 
     def load_state(self, state: dict) -> None:
         self.reference, self.triggered, self.events = state["reference"], state["triggered"], state["events"]
@@ -824,6 +829,7 @@ class SafetyLayer:
                 setattr(m, k, list(v) if k in ("tasks", "heldout", "answers") else v)
         self.row_cache = dict(state.get("row_cache") or {})
         self.refreshed_for = {k: tuple(v) if v is not None else None for k, v in (state.get("refreshed_for") or {}).items()}
+        self.act, self.act_for = None, None
         self._act_state = (state.get("act_bases"), state.get("act_for"))  # laid out once the policy is known
         if state.get("anchor") is not None:
             self.anchor = state["anchor"]

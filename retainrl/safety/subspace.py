@@ -10,19 +10,24 @@ directions: B stops learning. This module protects the block where both the prot
 and the protected output gradients live ("both", a hard-threshold analogue of K-FAC's Kronecker
 factors E[dy dy^T] x E[x x^T], Martens & Grosse 2015):
 
-    V^T dW U = 0 (to first order, and for the whole finite step of one layer), by
+    V^T dW U = 0 to first order, by
     dB <- dB - P_g dB Q_A,     dA <- dA - R_B dA P_x
 
 with P_x = U U^T, P_g = V V^T, Q_A the projector onto col(A U) and R_B onto col(B^T V) (r x r, at
-the current A, B). Then V^T dB' A U = 0, V^T B dA' U = 0, and the second-order term V^T dB' dA' U
-= V^T dB (I - Q_A)(I - R_B) dA U vanishes as well. "input" is the same with V = I (GPM on the
-LoRA tangent; dB is then ~0, kept as the ablation). The map is an orthogonal projector on the
-flat LoRA step.
+the current A, B). Then V^T dB' A U = 0 and V^T B dA' U = 0. The second-order term V^T dB' dA' U
+= V^T dB (I - Q_A)(I - R_B) dA U vanishes only when Q_A = I or R_B = I (k_x >= r or k_g >= r with
+A U, B^T V of full rank); at small energies it does not, and the step is protected to first order
+only. "input" is the same with V = I (GPM on the LoRA tangent; dB is then ~0, kept as the
+ablation). The map is an orthogonal projector on the flat LoRA step (idempotent, symmetric); it
+removes more than the first-order feasible set needs (it ignores cancellation between dB A U and
+B dA U). The row QP acts after it and may move the step back into the block (a restoring step
+for a prompt over its budget), so the applied step need not satisfy V^T dW U = 0.
 
 Bases: U (n_in, k_x) and V (n_out, k_g) per LoRA module, the top eigenvectors of the uncentered
 covariances of the protected skills' answers' layer inputs x (at lora_A, non-padding positions,
-each prompt weighing 1) and of the output gradients dy of sum_p J_p (at lora_B; J_p the answer
-log-likelihood of estimates.AnswerMemory), summed over the protected skills; k is GPM's energy
+each prompt's positions weighing 1 in total) and of the output gradients dy of sum_p J_p (at
+lora_B; J_p the answer log-likelihood of estimates.AnswerMemory, so dy already carries J_p's
+token-mean and answer weights), summed over the protected skills; k is GPM's energy
 rule, the fewest eigenvectors holding >= `energy` of the trace. Built once when the protected
 set changes (the phase start, the budget's theta_0) from the constraint prompts' answers, never
 the held-out ones (so their drift stays a test of coverage).
@@ -32,6 +37,7 @@ from __future__ import annotations
 
 import torch
 
+from retainrl.parallel import all_sum_tensor, is_active, my_share
 from retainrl.safety.estimates import _answer_loglik, cat_rollouts, distinct_rows
 
 
@@ -111,8 +117,8 @@ def col_projector(M: torch.Tensor, rtol: float = 1e-6) -> torch.Tensor:
 
 def project_lora(dA: torch.Tensor, dB: torch.Tensor, A: torch.Tensor, B: torch.Tensor, U: torch.Tensor,
                  V: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
-    """The step (dA (r, n_in), dB (n_out, r)) at (A, B) with V^T dW U = 0 (V None: dW U = 0, i.e.
-    V = I); float64 in, float64 out."""
+    """The step (dA (r, n_in), dB (n_out, r)) at (A, B) with V^T dW U = 0 to first order (V None:
+    dW U = 0, i.e. V = I); float64 in, float64 out."""
     Px = U @ U.T
     Q_A = col_projector(A @ U)
     if V is None:
@@ -167,7 +173,12 @@ class LoraSubspaces:
 
 def build_subspaces(policy, answers: list, mode: str, energy: float, max_frac: float) -> LoraSubspaces:
     """LoraSubspaces of `answers` (the protected skills' constraint prompts' answers, a list per
-    skill of one Rollout per prompt) at the policy's current parameters; mode "both" or "input"."""
+    skill of one Rollout per prompt) at the policy's current parameters; mode "both" or "input".
+
+    Under torch.distributed the prompts are split over the ranks (parallel.my_share) and the
+    covariances summed (all_sum_tensor), so every rank takes the eigenvectors of the same matrices
+    (a backward is not bitwise reproducible across GPUs, and eigenvectors of near-equal
+    eigenvalues would differ) at 1/W of the pass each."""
     mods = lora_modules(policy.model)
     if not mods:
         raise ValueError("safety.act_subspace needs a LoRA (peft) model: no lora_A / lora_B modules found")
@@ -175,7 +186,14 @@ def build_subspaces(policy, answers: list, mode: str, energy: float, max_frac: f
     for per_skill in answers:
         if not per_skill:
             continue
-        for name, (cx, cg) in covariances(policy, per_skill, mods).items():
+        mine = [per_skill[i] for i in my_share(len(per_skill))] if is_active() else per_skill
+        part = covariances(policy, mine, mods) if mine else None
+        for name, (A, B) in mods.items():
+            cx, cg = part[name] if part is not None else (
+                torch.zeros(A.weight.shape[1], A.weight.shape[1], dtype=torch.float64, device=A.weight.device),
+                torch.zeros(B.weight.shape[0], B.weight.shape[0], dtype=torch.float64, device=B.weight.device))
+            if is_active():
+                cx, cg = all_sum_tensor(cx), all_sum_tensor(cg)
             if name in C:
                 C[name][0] += cx
                 C[name][1] += cg
