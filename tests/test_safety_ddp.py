@@ -229,3 +229,33 @@ def test_memory_refresh_of_one_prompt_over_two_ranks_does_not_hang():
     got = _two_ranks(_refresh_run, 1, 0)
     assert got[0][1] == [1] and got[1][1] == []               # only rank 0 generated
     assert got[0][0] == got[1][0] and got[0][2] == got[1][2]
+
+
+# -- the activation subspaces (safety.act_subspace), covariances split over ranks ---------------------
+def _bases_run(rank: int, world: int, port: int, q):
+    from retainrl.safety.subspace import build_subspaces
+
+    if world > 1:
+        dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+    torch.set_num_threads(1)
+    policy, layer = _answer_layer(5)
+    mem = layer.answer_memories["gen"]
+    sub = build_subspaces(policy, [[mem.answers[i] for i in range(5)]], "both", 0.7, 1.0)
+    # the projectors are what must agree (eigenvector signs are arbitrary); k per module too
+    out = {name: ((U @ U.T).tolist(), (V @ V.T).tolist()) for name, (U, V) in list(sub.bases.items())[:3]}
+    if world > 1:
+        dist.destroy_process_group()
+    if q is None:
+        return out
+    q.put((rank, out))
+
+
+def test_activation_bases_split_over_ranks_match_one_process():
+    single = _bases_run(0, 1, 0, None)
+    both = _two_ranks(_bases_run, timeout=240)
+    for rank in (0, 1):
+        assert set(both[rank]) == set(single)
+        for name, (px, pg) in single.items():
+            assert torch.allclose(torch.tensor(both[rank][name][0]), torch.tensor(px), atol=1e-6)
+            assert torch.allclose(torch.tensor(both[rank][name][1]), torch.tensor(pg), atol=1e-6)
+    assert both[0] == both[1]  # bit-identical across ranks: the eigenvectors of the same summed matrices
