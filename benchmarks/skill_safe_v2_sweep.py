@@ -72,7 +72,7 @@ PROFILES = {"full": [], "small": ["world.n_heldout=100", "eval.every=0"],
 # log-likelihood of the memory answers) for budget=phase / absolute; trust-region delta in nats per token.
 # Every variant names constraint, budget, eps_mode and eps, so none depends on SafetyConfig's defaults
 # (which moved to pll-phase-0.02 after this sweep's tuning half: LOG 2026-12-01 session 6).
-_ABS = ["safety.eps_mode=absolute"]
+_ABS = ["safety.eps_mode=absolute", "safety.act_subspace=off"]  # act: the variants that name it turn it on
 _STEP = ["safety.budget=step"]
 SAFE_VARIANTS = {
     "mean-step": ["safety.constraint=skill_mean", *_STEP, "safety.eps_mode=relative", "safety.eps=0.0"],  # the seed's (A-GEM-like)

@@ -60,7 +60,7 @@ class SkillSafeStep:
 
     def __init__(self, layer: SafetyLayer, protected: list[str], sandbox, policy,
                  generation_policy: Callable[[], ContextManager] | None = None, prefix: str = "skill_safe"):
-        if getattr(layer.cfg, "act_subspace", "off") != "off":
+        if getattr(layer.cfg, "act_subspace", "off") in ("both", "input"):  # "auto" is off here
             raise ValueError("safety.act_subspace is not supported in the step hooks (TRL and other loops) yet: it "
                              "projects the optimizer's step inside SafetyLayer.step; use act_subspace=off here")
         self.layer, self.protected, self.sandbox, self.policy = layer, list(protected), sandbox, policy

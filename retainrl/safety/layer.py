@@ -159,6 +159,16 @@ def current_value(source: str, curve: list[float], memory_reward: float | None, 
     return curve[-1] if curve else reference
 
 
+def resolve_act(cfg, protocol: str) -> str:
+    """safety.act_subspace with "auto" decided for a run of retainrl's trainer: "both" where it
+    applies (a prompt_ll* constraint, space=step, no trigger, not the mixed protocol, whose
+    protected skills are the ones being trained), else "off"; other values as they are."""
+    if cfg.act_subspace != "auto":
+        return cfg.act_subspace
+    fits = cfg.constraint != "skill_mean" and cfg.space == "step" and not cfg.trigger and protocol != "mixed"
+    return "both" if fits else "off"
+
+
 def trigger_on(reference: float, current: float, tau: float) -> bool:
     """A constraint is switched on while the skill is more than tau below its reference."""
     return (reference - current) > tau
@@ -590,8 +600,8 @@ class SafetyLayer:
         self.row_cache: dict[str, tuple] = {}        # skill -> (step, memory refresh, theta_c, builder terms)
         self.refreshed_for: dict[str, tuple | None] = {}  # skill -> the protected set its memory was filled for
         self.protected_now: tuple | None = None           # the protected set of the step being taken
-        act = getattr(cfg, "act_subspace", "off")
-        if act != "off":
+        act = getattr(cfg, "act_subspace", "off")  # "auto" is resolved by the trainer (resolve_act); here it is off
+        if act in ("both", "input"):
             if constraint == "skill_mean" or cfg.space != "step" or cfg.trigger:
                 raise ValueError("safety.act_subspace builds its subspaces from the answer memories and projects the "
                                  "optimizer's step: it needs constraint prompt_ll or prompt_ll_subspace, space=step "
@@ -744,7 +754,7 @@ class SafetyLayer:
         While a protected skill has no answered constraint prompt yet the bases are rebuilt at every
         step, so that a skill whose memory fills later is covered from then on."""
         mode = getattr(self.cfg, "act_subspace", "off")
-        if mode == "off":
+        if mode not in ("both", "input"):
             return None
         if is_sharded(params):
             raise ValueError("safety.act_subspace has no sharded (FSDP) form: it projects whole LoRA factors")

@@ -195,14 +195,15 @@ class SafetyConfig:
              "eps_mode=absolute and space=step.", check=lambda v: math.isfinite(v) and v >= 0,
         must="be finite and >= 0")
 
-    act_subspace: Literal["off", "both", "input"] = option(
-        "off", "prompt_ll*: also keep the step out of the protected skills' activation subspace per LoRA layer "
-               "(safety/subspace.py), built at the phase start from their memory answers: both: V^T dW U = 0 "
-               "(U the inputs', V the output gradients' top eigenvectors); input: dW U = 0 (GPM; stops B "
-               "learning, an ablation); off. The per-prompt rows then act on the projected step. Needs space=step, "
-               "no trigger, not the mixed protocol.")
-    act_energy: float = option(0.5, "act_subspace: the fewest eigenvectors per layer holding this share of the "
-                                    "covariance's trace (GPM's energy threshold).",
+    act_subspace: Literal["auto", "off", "both", "input"] = option(
+        "auto", "prompt_ll*: also keep the step out of the protected skills' activation subspace per LoRA layer "
+                "(safety/subspace.py), built at the phase start from their memory answers: both: V^T dW U = 0 "
+                "(U the inputs', V the output gradients' top eigenvectors; the measured best, LOG 2026-12-02 "
+                "session 8); input: dW U = 0 (GPM; stops B learning, an ablation); off. auto: both in retainrl's "
+                "trainer where it applies (a prompt_ll* constraint, space=step, no trigger, not the mixed "
+                "protocol), else off; off in the step hooks (TRL). The per-prompt rows act on the projected step.")
+    act_energy: float = option(0.7, "act_subspace: the fewest eigenvectors per layer holding this share of the "
+                                    "covariance's trace (GPM's energy threshold; 0.7 tuned, LOG session 8).",
                                check=lambda v: 0 < v <= 1, must="be in (0, 1]")
 
 @dataclass
@@ -289,7 +290,7 @@ class RunConfig:
                 sum(p.mixed_weights.get(sk, 1.0) > 0 for sk in phase) for phase in self.phase_skills()) < 2:
             warnings.warn("protocol.skill_weighting=softmin with no phase of two or more skills does nothing "
                           "(it shares a phase's prompts between its skills)", stacklevel=2)
-        if self.safety.enabled and self.safety.act_subspace != "off" and p.kind == "mixed":
+        if self.safety.enabled and self.safety.act_subspace in ("both", "input") and p.kind == "mixed":
             raise ConfigError("safety.act_subspace: the mixed protocol protects the skills it trains, so their own "
                               "subspace would block their learning; use act_subspace=off with protocol.kind=mixed",
                               "safety.act_subspace")

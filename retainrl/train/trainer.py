@@ -36,7 +36,7 @@ from retainrl.train.config import RunConfig
 from retainrl.train.progress import Progress
 from retainrl.train.runio import Fanout, MetricsLog, RunError, TensorBoard, WandB, atomic_write_text
 from retainrl.baselines import make_baseline
-from retainrl.safety.layer import SafetyLayer, protected_skills
+from retainrl.safety.layer import SafetyLayer, protected_skills, resolve_act
 from retainrl.seeds import step_seed  # noqa: F401  (re-exported: callers import it from here)
 from retainrl.train.sampler import SkillFocus, TaskSampler
 from retainrl.verify import Sandbox
@@ -132,7 +132,9 @@ class Trainer:
         else:
             self.opt = torch.optim.AdamW(params, lr=cfg.rl.lr, weight_decay=cfg.rl.weight_decay)
         self.method = make_baseline(cfg.method, self.policy, self.train_tasks, cfg.sampling, cfg.seed)
-        self.safety = SafetyLayer(cfg.safety, self.train_tasks, cfg.sampling, cfg.seed) if cfg.safety.enabled else None
+        # act_subspace=auto decided for this protocol (the saved config keeps "auto")
+        safety_cfg = dataclasses.replace(cfg.safety, act_subspace=resolve_act(cfg.safety, cfg.protocol.kind))
+        self.safety = SafetyLayer(safety_cfg, self.train_tasks, cfg.sampling, cfg.seed) if cfg.safety.enabled else None
         self.eval_sampling = SamplingConfig(max_new_tokens=cfg.eval.max_new_tokens, temperature=cfg.sampling.temperature,
                                             top_p=cfg.sampling.top_p, backend=cfg.sampling.backend,
                                             max_prompt_tokens=cfg.sampling.max_prompt_tokens,
