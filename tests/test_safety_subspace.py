@@ -221,3 +221,15 @@ def test_tiny_run_projects_the_step_and_resumes_with_the_same_bases(tmp_path):
     name, (U, V) = next(iter(st["act_bases"].items()))
     assert torch.equal(layer.act.bases[name][0], U) and torch.equal(layer.act.bases[name][1], V)
     assert proj == layer.act.project
+
+
+def test_auto_is_both_where_it_applies_and_off_elsewhere():
+    from retainrl.safety.layer import SafetyLayer, resolve_act
+
+    assert resolve_act(SafetyConfig(), "sequential") == "both"         # the default in the trainer
+    assert resolve_act(SafetyConfig(), "mixed") == "off"               # mixed protects the trained skills
+    assert resolve_act(SafetyConfig(constraint="skill_mean", budget="step"), "sequential") == "off"
+    assert resolve_act(SafetyConfig(space="grad", budget="step"), "sequential") == "off"
+    assert resolve_act(SafetyConfig(trigger=True), "sequential") == "off"
+    assert resolve_act(SafetyConfig(act_subspace="input"), "mixed") == "input"   # explicit values stay
+    assert SafetyLayer(SafetyConfig(), {}, None, seed=0)._act_projection(None, [], ["gen"]) is None  # auto: off here
