@@ -22,9 +22,14 @@ a third of them do, and the rows cost a third of what they cost in a run). Varia
   pll-2/k      the default with rows_every = k (k = 2 and --rows_every, default 5): (t_computed + (k-1)
                t_reused) / k, t_reused measured on its own update each round
   pll-2 b4     the default with batch_prompts = 4 (4 constraint prompts per skill per step, not 8)
+  pll-2 act    pll-2 with act_subspace=both (the default in the trainer since session 8): the proposed step
+               projected out of the protected activation subspaces first; the subspaces' build (one
+               forward + backward over each protected memory, once per phase) is timed apart and
+               amortised over a phase (--phase_steps)
 
-The default's update is amortised as (t_diag + (d-1) t_pll) / d, d = diagnostics_every (the other
-prompt_ll variants get the same diagnostics' share added). Memory
+The default's update is amortised as t_act + (t_diag - t_pll) / d, d = diagnostics_every ("rows only",
+the default before session 8: (t_diag + (d-1) t_pll) / d; the other prompt_ll variants get the same
+diagnostics' share added). Memory
 refreshes (generation + verification of every memory prompt x 4 samples, and the phase budget's
 anchor forward on the new answers) are timed per refresh of both skills and amortised over
 refresh_every = 10 steps (SafetyConfig's default) and, for refresh_every = 0 (answers kept for the
@@ -133,15 +138,17 @@ def main() -> None:
             return safety_layer.SafetyLayer(dataclasses.replace(base, **kw), safe.train_tasks, safe.cfg.sampling,
                                             safe.cfg.seed)
         mean_layer = new_layer(constraint="skill_mean", budget="step", eps_mode="relative", eps=0.0)
-        pll, b4 = new_layer(), new_layer(batch_prompts=4)
-        reuse = {j: new_layer(rows_every=j) for j in (2, k)}
+        pll, b4 = new_layer(act_subspace="off"), new_layer(act_subspace="off", batch_prompts=4)
+        act = new_layer(act_subspace="both")
+        reuse = {j: new_layer(act_subspace="off", rows_every=j) for j in (2, k)}
         sizes = {"skill_mean": fill(mean_layer, safe.policy, sb, 1), "prompt_ll": fill(pll, safe.policy, sb, args.fills)}
-        for other in (b4, *reuse.values()):
+        for other in (b4, act, *reuse.values()):
             other.answer_memories = pll.answer_memories
         refresh_s = {"skill_mean": [], "prompt_ll": []}
         # name -> (layer, step number: 1 is not a diagnostic step, 0 is)
         variants = {"safe-2": (mean_layer, 1), "pll-2": (pll, 1), "pll-2+diag": (pll, 0), "pll-2 b4": (b4, 1),
-                    **{f"pll-2/{j}": (layer, 1) for j, layer in reuse.items()}}
+                    "pll-2 act": (act, 1), **{f"pll-2/{j}": (layer, 1) for j, layer in reuse.items()}}
+        build_s = []
 
         def update(name: str) -> float:
             t = plain if name == "plain" else safe
@@ -175,8 +182,13 @@ def main() -> None:
                 dt = update(name)
                 times[name].append(dt)
                 print(f"round {r + 1}: {name:10s} update {dt:.3f} s", flush=True)
+            act.act = None                                   # the subspaces' build at a phase start
+            t0 = time.perf_counter()
+            act._act_projection(safe.policy, params, SKILLS)
+            build_s.append(time.perf_counter() - t0)
+            print(f"round {r + 1}: subspaces of 2 skills built in {build_s[-1]:.2f} s", flush=True)
             refresh_s["skill_mean"].append(time_refresh(mean_layer, safe.policy, sb, params))
-            refresh_s["prompt_ll"].append(time_refresh(pll, safe.policy, sb, params, (b4, *reuse.values())))
+            refresh_s["prompt_ll"].append(time_refresh(pll, safe.policy, sb, params, (b4, act, *reuse.values())))
             print(f"round {r + 1}: refresh of 2 memories: " + ", ".join(f"{c} {v[-1]:.2f} s" for c, v in refresh_s.items()),
                   flush=True)
 
@@ -185,7 +197,8 @@ def main() -> None:
         for j in (2, k):   # one computed in j (not a diagnostic step), the diagnostics' extra as the default's
             out[f"pll-2/{j}"] = (v["pll-2"] + (j - 1) * v[f"pll-2/{j}"]) / j + (v["pll-2+diag"] - v["pll-2"]) / d
         out["pll-2 b4"] = v["pll-2 b4"] + (v["pll-2+diag"] - v["pll-2"]) / d
-        out["default"] = (v["pll-2+diag"] + (d - 1) * v["pll-2"]) / d       # the default: diagnostics every d steps
+        out["rows only"] = (v["pll-2+diag"] + (d - 1) * v["pll-2"]) / d     # diagnostics every d steps
+        out["default"] = v["pll-2 act"] + (v["pll-2+diag"] - v["pll-2"]) / d  # the default: + the subspaces
         return out
     med = amortise({n: statistics.median(v) for n, v in times.items()})
     low = amortise({n: min(v) for n, v in times.items()})
@@ -195,8 +208,11 @@ def main() -> None:
     full = {n: (rest + med[n]) / (rest + med["plain"]) for n in med}
     # all in: the memory refresh amortised (skill_mean and the default: every 10 steps; refresh_every=0: per phase)
     per_step_refresh = {"safe-2": ref["skill_mean"] / 10, "default": ref["prompt_ll"] / 10}
+    build_t = statistics.median(build_s)
     all_in = {"safe-2 (refresh 10)": (rest + med["safe-2"] + per_step_refresh["safe-2"]) / (rest + med["plain"]),
-              "default (refresh 10)": (rest + med["default"] + per_step_refresh["default"]) / (rest + med["plain"]),
+              f"default (refresh 10, subspaces built per {args.phase_steps}-step phase)":
+                  (rest + med["default"] + per_step_refresh["default"] + build_t / args.phase_steps) / (rest + med["plain"]),
+              "rows only (refresh 10)": (rest + med["rows only"] + per_step_refresh["default"]) / (rest + med["plain"]),
               f"default, refresh_every=0 ({args.phase_steps}-step phase)":
                   (rest + med["default"] + ref["prompt_ll"] / args.phase_steps) / (rest + med["plain"]),
               **{f"rows_every={j} (refresh 10)": (rest + med[f"pll-2/{j}"] + ref["prompt_ll"] / 10) / (rest + med["plain"])
@@ -205,6 +221,7 @@ def main() -> None:
     result = {"update_s_median": med, "ratio_to_plain": {n: med[n] / med["plain"] for n in med},
               "rollout_verify_s_median": rest, "full_step_ratio_to_plain": full,
               "all_in_ratio_to_plain": all_in, "memory_refresh_s_two_skills": ref,
+              "subspace_build_s_two_skills": build_t, "build_rounds": build_s,
               # the fastest round of each: the least disturbed by other processes on a shared machine
               "update_s_min": low, "rollout_verify_s_min": rest_low,
               "full_step_ratio_to_plain_min": {n: (rest_low + low[n]) / (rest_low + low["plain"]) for n in low},
