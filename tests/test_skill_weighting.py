@@ -6,16 +6,13 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import signal
-import time
 
 import pytest
 
 from retainrl.config import ConfigError, load_config
 from retainrl.train.config import RunConfig
 from retainrl.train.sampler import SkillFocus, softmin_weights
-from tests.test_train_e2e import FAST, SMOKE, _finish, _lines, _stable, _train
+from tests.test_train_e2e import FAST, SMOKE, _finish, _kill_when, _lines, _stable, _train
 
 
 def test_softmin_weights_hand_computed():
@@ -103,16 +100,7 @@ def test_mixed_run_draws_by_its_logged_rewards_and_resumes_identically(tmp_path)
     assert any(abs(r["focus/weight/gen"] - 1 / 3) > 0.01 for r in train), "the weighting never left the fixed weights"
     # kill -9 after two steps, rerun: the estimates come back from the checkpoint, so the draws match
     resumed = tmp_path / "resumed"
-    proc = _train(resumed, *MIXED)
-    metrics = resumed / "metrics.jsonl"
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline:
-        if metrics.exists() and sum('"kind": "train"' in x for x in metrics.open()) >= 3:
-            break
-        time.sleep(0.2)
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.communicate()
-    assert not (resumed / "summary.json").exists(), "the run finished before the kill"
+    _kill_when(resumed, MIXED, lambda lines: sum('"kind": "train"' in x for x in lines) >= 3)
     _finish(_train(resumed, *MIXED))
     assert _stable(_lines(resumed / "metrics.jsonl")) == _stable(_lines(straight / "metrics.jsonl"))
     assert json.loads((resumed / "summary.json").read_text())["final"] == \

@@ -34,6 +34,21 @@ def _finish(proc: subprocess.Popen, timeout: float = 600) -> str:
     return out
 
 
+def _kill_when(out: Path, overrides: tuple, ready) -> None:
+    """Start a run into `out`, kill -9 it once ready(metrics lines) holds (within 300 s), and check
+    that it had not finished."""
+    proc = _train(out, *overrides)
+    metrics = out / "metrics.jsonl"
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        if metrics.exists() and ready(metrics.read_text().splitlines()):
+            break
+        time.sleep(0.2)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.communicate()
+    assert not (out / "summary.json").exists(), "the run finished before the kill"
+
+
 def _stable(records: list[dict]) -> list[dict]:
     """Metrics without wall-clock fields (those differ between any two runs)."""
     return [{k: v for k, v in r.items() if not (k.startswith("time/") or k.endswith("_s"))} for r in records]
@@ -80,16 +95,7 @@ def test_kill_and_resume_gives_identical_metrics(tmp_path):
     straight = tmp_path / "straight"
     _finish(_train(straight, *FAST))
     resumed = tmp_path / "resumed"
-    proc = _train(resumed, *FAST)
-    metrics = resumed / "metrics.jsonl"
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline:  # kill -9 somewhere in the second phase
-        if metrics.exists() and sum(1 for _ in metrics.open()) >= 8:
-            break
-        time.sleep(0.2)
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.communicate()
-    assert not (resumed / "summary.json").exists(), "the run finished before the kill"
+    _kill_when(resumed, FAST, lambda lines: len(lines) >= 8)   # kill -9 somewhere in the second phase
     _finish(_train(resumed, *FAST))
     assert _stable(_lines(resumed / "metrics.jsonl")) == _stable(_lines(straight / "metrics.jsonl"))
     a = json.loads((straight / "summary.json").read_text())

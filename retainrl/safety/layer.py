@@ -606,9 +606,9 @@ class SafetyLayer:
                 raise ValueError("safety.act_subspace builds its subspaces from the answer memories and projects the "
                                  "optimizer's step: it needs constraint prompt_ll or prompt_ll_subspace, space=step "
                                  "and trigger=false")
-        self.act: LoraSubspaces | None = None        # the protected activation subspaces (act_subspace)
-        self.act_for: tuple | None = None            # the protected set they were built for
-        self._act_state: tuple = (None, None)        # (bases, protected set) from a checkpoint, not yet laid out
+        self.act_bases: dict | None = None           # module -> (U, V): the protected activation subspaces
+        self.act_for: tuple | None = None            # the protected set they were built for (None: incomplete)
+        self.act: LoraSubspaces | None = None        # act_bases laid out on the flat vector (derived, not saved)
 
     def cached_rows(self, skill: str, step: int, params, refreshed_at: int, compute: Callable[[], object]):
         """(terms, shift): `compute()`'s result for `skill`, recomputed when rows_every steps have
@@ -758,21 +758,19 @@ class SafetyLayer:
             return None
         if is_sharded(params):
             raise ValueError("safety.act_subspace has no sharded (FSDP) form: it projects whole LoRA factors")
-        if self.act is None and self._act_state[0] is not None:  # resumed: the bases the run was using
-            bases, key = self._act_state
-            named = policy.named_trainable()
-            self.act = LoraSubspaces(list(named), [p.shape for p in named.values()],
-                                     {k: (v[0], v[1]) for k, v in bases.items()})
-            self.act_for, self._act_state = (tuple(key) if key is not None else None), (None, None)
-        if self.act is None or self.act_for != self.anchor_for:
+        if self.act_bases is None or self.act_for != self.anchor_for:
             answers = []
             for s in skills:
                 mem = self.answer_memories.get(s)
                 answers.append([] if mem is None else
                                [mem.answers[p] for p in range(len(mem.tasks)) if mem.answers[p] is not None])
             self.act = build_subspaces(policy, answers, mode, self.cfg.act_energy, 1.0)
+            self.act_bases = self.act.bases
             # complete only when every protected skill had answers: else built again next step
             self.act_for = self.anchor_for if all(answers) else None
+        elif self.act is None:   # resumed: the checkpoint's bases, laid out on this policy's parameters
+            named = policy.named_trainable()
+            self.act = LoraSubspaces(list(named), [p.shape for p in named.values()], self.act_bases)
         return self.act.project
 
     def _diagnostics(self, g: torch.Tensor, cons: Constraints, applied: torch.Tensor, realised: bool) -> dict:
@@ -822,10 +820,8 @@ class SafetyLayer:
                 "anchor": self.anchor, "anchor_for": list(self.anchor_for) if self.anchor_for is not None else None,
                 "row_cache": self.row_cache,
                 "refreshed_for": {k: list(v) if v is not None else None for k, v in self.refreshed_for.items()},
-                # bases loaded from a checkpoint and not laid out yet are saved as they came
-                "act_bases": self.act.bases if self.act is not None else self._act_state[0],
-                "act_for": (list(self.act_for) if self.act_for is not None else None) if self.act is not None
-                else (list(self._act_state[1]) if self._act_state[1] is not None else None)}
+                "act_bases": self.act_bases,
+                "act_for": list(self.act_for) if self.act_for is not None else None}
 
     def load_state(self, state: dict) -> None:
         self.reference, self.triggered, self.events = state["reference"], state["triggered"], state["events"]
@@ -839,8 +835,10 @@ class SafetyLayer:
                 setattr(m, k, list(v) if k in ("tasks", "heldout", "answers") else v)
         self.row_cache = dict(state.get("row_cache") or {})
         self.refreshed_for = {k: tuple(v) if v is not None else None for k, v in (state.get("refreshed_for") or {}).items()}
-        self.act, self.act_for = None, None
-        self._act_state = (state.get("act_bases"), state.get("act_for"))  # laid out once the policy is known
+        bases, key = state.get("act_bases"), state.get("act_for")
+        self.act_bases = {k: (v[0], v[1]) for k, v in bases.items()} if bases is not None else None
+        self.act_for = tuple(key) if key is not None else None
+        self.act = None   # laid out again at the next protected step, once the policy is known
         if state.get("anchor") is not None:
             self.anchor = state["anchor"]
             self.anchor_for = tuple(state["anchor_for"]) if state.get("anchor_for") is not None else None
