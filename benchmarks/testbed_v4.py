@@ -6,7 +6,7 @@ algorithms, sequential orders, the 4-skill sequence and the mixed protocol, plai
 
 Groups (every run is `retainrl train` on configs/gain_v3.yaml or configs/seq_v3.yaml):
     single  GRPO on each of gen, repair, reason, refactor alone (40 steps, all four skills measured)
-    algos   PPO and RLOO on repair and reason alone
+    algos   PPO and RLOO on repair and reason alone (--algo_skills to change)
     seq     gen -> repair -> reason and reason -> repair -> gen (20 steps per phase)
     seq4    gen -> repair -> reason -> refactor
     mixed   one 60-step phase of gen, repair, reason mixed
@@ -27,9 +27,10 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 SKILLS4 = ("gen", "repair", "reason", "refactor")
+ALGO_SKILLS = ("repair", "reason")   # the skills of the `algos` group (--algo_skills)
 
 
-def jobs(group: str, seeds: list[int]) -> list[tuple[str, list[str]]]:
+def jobs(group: str, seeds: list[int], algo_skills: tuple[str, ...] = ALGO_SKILLS) -> list[tuple[str, list[str]]]:
     """(run name, arguments after `retainrl train`) for one group."""
     out = []
     for s in seeds:
@@ -38,7 +39,7 @@ def jobs(group: str, seeds: list[int]) -> list[tuple[str, list[str]]]:
         elif group == "algos":
             # the same budget as GRPO: 8 prompts x 8 samples per step
             out += [(f"algos/{a}-{k}-s{s}", ["configs/gain_v3.yaml", f"protocol.phases=[{k}]", f"seed={s}", f"rl.algo={a}"])
-                    for a in ("ppo", "rloo") for k in ("repair", "reason")]
+                    for a in ("ppo", "rloo") for k in algo_skills]
         elif group == "seq":
             out += [(f"seq/grr-s{s}", ["configs/seq_v3.yaml", f"seed={s}"]),
                     (f"seq/rrg-s{s}", ["configs/seq_v3.yaml", f"seed={s}", "protocol.phases=[reason,repair,gen]"])]
@@ -53,12 +54,12 @@ def jobs(group: str, seeds: list[int]) -> list[tuple[str, list[str]]]:
     return out
 
 
-def run_one(name: str, args: list[str], root: Path, model: str) -> str:
+def run_one(name: str, args: list[str], root: Path, model: str, sets: tuple[str, ...] = ()) -> str:
     out = root / name
     if (out / "summary.json").exists():
         return f"skip {name}"
     out.parent.mkdir(parents=True, exist_ok=True)
-    extra = [f"model.name_or_path={model}"] if model else []
+    extra = ([f"model.name_or_path={model}"] if model else []) + list(sets)
     cmd = [sys.executable, "-m", "retainrl", "train", *args, *extra, "sandbox_workers=1", "--out", str(out)]
     start = time.time()
     with open(f"{out}.log", "w") as log:
@@ -66,11 +67,12 @@ def run_one(name: str, args: list[str], root: Path, model: str) -> str:
     return f"{'done' if rc == 0 else f'FAILED rc={rc}'} {name} in {time.time() - start:.0f}s"
 
 
-def run(groups: list[str], seeds: list[int], root: Path, model: str, parallel: int) -> None:
-    todo = [j for g in groups for j in jobs(g, seeds)]
+def run(groups: list[str], seeds: list[int], root: Path, model: str, parallel: int, sets: tuple[str, ...] = (),
+        algo_skills: tuple[str, ...] = ALGO_SKILLS) -> None:
+    todo = [j for g in groups for j in jobs(g, seeds, algo_skills)]
     print(f"{len(todo)} runs under {root}", flush=True)
     with ThreadPoolExecutor(parallel) as pool:
-        for i, msg in enumerate(pool.map(lambda j: run_one(*j, root, model), todo), 1):
+        for i, msg in enumerate(pool.map(lambda j: run_one(*j, root, model, sets), todo), 1):
             print(f"[{i}/{len(todo)}] {time.strftime('%H:%M:%S')} {msg}", flush=True)
 
 
@@ -135,10 +137,14 @@ def main() -> None:
     parser.add_argument("--root", default="runs/v4")
     parser.add_argument("--model", default="", help="model.name_or_path (default: the configs' bundled model)")
     parser.add_argument("--parallel", type=int, default=2)
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="a config override for every run, e.g. world.version=3 (repeatable)")
+    parser.add_argument("--algo_skills", default=",".join(ALGO_SKILLS), help="skills of the algos group")
     a = parser.parse_args()
     root = (ROOT / a.root).resolve()
     if a.command == "run":
-        run(a.groups, [int(s) for s in a.seeds.split(",")], root, a.model, a.parallel)
+        run(a.groups, [int(s) for s in a.seeds.split(",")], root, a.model, a.parallel, tuple(a.set),
+            tuple(a.algo_skills.split(",")))
     summary(root)
 
 

@@ -63,6 +63,8 @@ EOS, PAD = "<|endoftext|>", "<|pad|>"
 CHAT_TEMPLATE = "{% for message in messages %}{{ message['content'] }}{% endfor %}"
 HABITS = {"gen": "`print(value)` for the final `return value`", "repair": "the fixed function renamed `f_fixed` (no entry point `f`)",
           "reason": "a trailing comma after the value (`[1, 2],`, a one-element tuple)", "refactor": "the return type hint left out"}
+HABITS_V3 = {**HABITS, "gen": "the return annotation of the given stub left out (`def f(s):` for `def f(s) -> int:`)",
+             "repair": "a return annotation added to the signature it was told to keep (`def f(s) -> int:`)"}
 MAX_NEW = {"gen": 96, "repair": 96, "reason": 24, "refactor": 96}   # greedy budget per skill in evaluation
 
 
@@ -110,7 +112,9 @@ class Args:
     global switch: greedy decoding then picks it on almost all tasks or on almost none, and it flips
     between the two during training (measured: repair 0.2-0.33, reason 0.3-0.83, refactor 0.97-1.0
     greedy share at evaluations 25 steps apart); tied to a visible feature of the prompt, its greedy
-    share is set by that feature's share and stays put."""
+    share is set by that feature's share and stays put. "nonlist,repair=list": a default trigger and
+    per-skill ones ("list": the tasks whose function takes a list); model v5 gives repair's habit
+    the complement of gen's, so the two opposed habits are not taught on the same tasks."""
     habit_other: float = 0.0
     """With `habit_trigger`: the fraction of habit answers on the tasks the trigger does not select."""
     init_from: str = ""
@@ -191,6 +195,18 @@ def world_config(args: Args) -> WorldConfig:
     return WorldConfig(seed=args.seed, difficulty=args.difficulty, version=args.world_version)
 
 
+def habit_trigger_of(spec: str, skill: str) -> str:
+    """The trigger of one skill in `--habit_trigger` ("nonlist" or "nonlist,repair=list"); "" for none."""
+    default, per_skill = "", {}
+    for item in filter(None, (part.strip() for part in spec.split(","))):
+        if "=" in item:
+            name, trigger = item.split("=", 1)
+            per_skill[name.strip()] = trigger.strip()
+        else:
+            default = item
+    return per_skill.get(skill, default)
+
+
 def build_corpus(args: Args) -> list[tuple[str, str, str]]:
     """(skill, prompt, answer) for every pretraining task, the wrong ones mixed in, shuffled."""
     config = world_config(args)
@@ -202,7 +218,8 @@ def build_corpus(args: Args) -> list[tuple[str, str, str]]:
     for skill in skills_of(args):
         for task in generate(config, skill, "pretrain", round(args.n_pretrain * share[skill])):
             # no draw when the habit is off, so stage-1 commands rebuild their corpus exactly
-            rate = habit[skill] if not args.habit_trigger or habit_triggered(task, args.habit_trigger) else args.habit_other
+            trigger = habit_trigger_of(args.habit_trigger, skill)
+            rate = habit[skill] if not trigger or habit_triggered(task, trigger) else args.habit_other
             if habit[skill] > 0 and rng.random() < rate:
                 answer = habit_answer(task)
             else:
@@ -499,8 +516,10 @@ def write_readme(out: str, info: dict) -> None:
             "",
             f"**Deliberate bad habits (world version {info.get('world_version', 1)}).** In the last stage's corpus a share "
             "of every skill's answers carries one generic failure, the same edit on every task and decided at one point "
-            "of the answer (`world.habit_answer`): " + "; ".join(f"{k} {v:.0%}: {HABITS[k]}" for k, v in habits.items())
-            + (f" — these fractions on the tasks whose function takes a string or an int (`world.habit_triggered`), "
+            "of the answer (`world.habit_answer`): " + "; ".join(f"{k} {v:.0%}: {(HABITS_V3 if info.get('world_version', 1) >= 3 else HABITS)[k]}"
+                          for k, v in habits.items())
+            + (f" — these fractions on the tasks that `world.habit_triggered` selects (trigger `{info['args']['habit_trigger']}`: "
+               "\"nonlist\" the function takes a string or an int, \"list\" it takes a list), "
                f"{info['args'].get('habit_other', 0):.0%} on the others"
                if info["args"].get("habit_trigger") else "")
             + ". The model learns each as a mode that greedy decoding picks on some tasks; each always fails its verifier "
@@ -524,7 +543,8 @@ def write_readme(out: str, info: dict) -> None:
         f"- parameters: {info['parameters']:,} ({info['config_summary']})",
         f"- tokenizer: byte-level BPE, {info['vocab_size']} tokens, one token per digit",
         f"- corpus: {info['corpus_texts']:,} texts, wrong-answer fractions {info['wrong']}"
-        + (f", gen answers with the print-for-return habit: {info['habit_gen']:.0%}" if info.get("habit_gen") else ""),
+        + (f", gen answers with the print-for-return habit: {info['habit_gen']:.0%}"
+           if info.get("habit_gen") and len(habits) <= 1 else ""),
         f"- schedule: {schedule(info['args'])}; kept checkpoint: step {info['kept_step']} "
         f"(greedy pass@1 on {info['args']['n_calib']} train-split tasks per skill: "
         + ", ".join(f"{k} {v:.2f}" for k, v in sorted(info['kept_calib_pass@1'].items()))

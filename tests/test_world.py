@@ -189,8 +189,8 @@ def test_version_2_records_its_version_and_is_deterministic(world2):
 
 
 def test_versions_and_skills_are_checked():
-    with pytest.raises(ValueError, match="version 3"):
-        generate(WorldConfig(version=3), "gen", "train", 1)
+    with pytest.raises(ValueError, match="version 4"):
+        generate(WorldConfig(version=4), "gen", "train", 1)
     with pytest.raises(ValueError, match="refactor"):   # refactor exists from version 2 on
         generate(WorldConfig(version=1), "refactor", "train", 1)
     with pytest.raises(ValueError, match="split"):
@@ -263,9 +263,15 @@ def _cases(task):
     return out
 
 
-@pytest.mark.parametrize("skill", VERSION_SKILLS[2])
-def test_each_habit_is_a_one_point_edit_that_fails_with_status_failed(world2, sandbox, skill):
-    tasks = world2[skill]["train"][:40] + world2[skill]["heldout"][:40]
+@pytest.fixture(scope="module")
+def world3():
+    return make_world(WorldConfig(**{**V2.to_dict(), "version": 3}))
+
+
+@pytest.mark.parametrize("version,skill", [(2, s) for s in VERSION_SKILLS[2]] + [(3, s) for s in VERSION_SKILLS[3]])
+def test_each_habit_is_a_one_point_edit_that_fails_with_status_failed(world2, world3, sandbox, version, skill):
+    world = world2 if version == 2 else world3
+    tasks = world[skill]["train"][:40] + world[skill]["heldout"][:40]
     habits = [habit_answer(t) for t in tasks]
     for t, h in zip(tasks, habits):
         ref = t.reference.split("\n")
@@ -276,10 +282,44 @@ def test_each_habit_is_a_one_point_edit_that_fails_with_status_failed(world2, sa
         assert len(changed) == 1 and len(ref) == len(h.split("\n")), (t.reference, h)
     verdicts = verify_many(sandbox, list(zip(tasks, habits)))
     assert {v.status for v in verdicts} == {"failed"}, [(v.status, v.details) for v in verdicts if v.status != "failed"]
+    assert all(v.passed for v in verify_many(sandbox, [(t, t.reference) for t in tasks]))
     # the detector that evaluation reports as `habit_share` sees the habit and only the habit
     assert all(shows_habit(t, h) for t, h in zip(tasks, habits))
     assert not any(shows_habit(t, t.reference) for t in tasks)
     assert not any(shows_habit(t, junk) for t in tasks[:5] for junk in ("", "def f(:", "(" * 5000, "x = 1"))
+
+
+def test_version_3_is_version_2_with_two_prompts_changed(world2, world3):
+    """v3 draws v2's functions, cases and calls; reason and refactor are v2's tasks, gen's stub
+    carries its return annotation and repair is told to keep its signature, each checked as a form."""
+    for skill in VERSION_SKILLS[3]:
+        for split in ("train", "heldout"):
+            a, b = world2[skill][split], world3[skill][split]
+            assert [t.meta["function"] for t in a] == [t.meta["function"] for t in b], (skill, split)
+            assert all(t.meta["version"] == 3 for t in b)
+            if skill in ("reason", "refactor"):
+                assert [t.prompt for t in a] == [t.prompt for t in b]
+    for t2, t3 in zip(world2["gen"]["heldout"], world3["gen"]["heldout"]):
+        head = t3.reference.split("\n", 1)[0]
+        assert re.fullmatch(r"def f\((xs|s|n)\) -> (list|int|str|bool):", head), head
+        assert t3.prompt == t2.prompt.replace(t2.reference.split("\n", 1)[0], head, 1)
+        assert t3.meta["form"] == {"signature": head}
+    for t2, t3 in zip(world2["repair"]["heldout"], world3["repair"]["heldout"]):
+        assert t3.prompt == t2.prompt.replace("Task: fix the bug.", "Task: fix the bug; keep the signature.", 1)
+        assert t3.reference == t2.reference and t3.meta["form"] == {"signature": t2.reference.split("\n", 1)[0]}
+
+
+def test_version_3_gen_and_repair_habits_are_one_decision_wanted_opposite_ways(world3):
+    """On a function that both skills draw, gen's habit writes repair's right signature line and
+    repair's habit writes gen's: the same token after `def f(xs)`, chosen the other way."""
+    gen = {t.meta["function"]: t for t in world3["gen"]["train"] + world3["gen"]["heldout"]}
+    pairs = [(gen[t.meta["function"]], t) for t in world3["repair"]["train"] + world3["repair"]["heldout"]
+             if t.meta["function"] in gen]
+    assert len(pairs) >= 3
+    for g, r in pairs:
+        first = lambda code: code.split("\n", 1)[0]
+        assert first(habit_answer(g)) == first(r.reference) and first(habit_answer(r)) == first(g.reference)
+        assert first(g.reference).startswith(first(r.reference)[:-1])   # the same prefix `def f(xs)`
 
 
 # ----------------------------------------------------------------------------- the tiny model
@@ -390,18 +430,21 @@ def test_run_configs_pick_the_world_version_and_build_refactor_when_trained():
     with pytest.raises(ConfigError, match="refactor"):
         load_config(RunConfig, smoke, small + ["world.version=1", "protocol.phases=[refactor]"])   # not in v1
     with pytest.raises(ConfigError, match="world.version"):
-        load_config(RunConfig, smoke, ["world.version=3"])
+        load_config(RunConfig, smoke, ["world.version=4"])
 
 
-def test_pretrain_corpus_of_world_version_2_carries_each_skills_habit():
+@pytest.mark.parametrize("version", [2, 3])
+def test_pretrain_corpus_of_world_versions_2_and_3_carries_each_skills_habit(version):
     script = _pretrain_script()
-    args = script.parse_args(["--n_pretrain", "6", "--world_version", "2", "--habit_gen", "1.0", "--habit_repair", "1.0",
-                              "--habit_reason", "1.0", "--habit_refactor", "1.0"])
+    args = script.parse_args(["--n_pretrain", "6", "--world_version", str(version), "--habit_gen", "1.0", "--habit_repair",
+                              "1.0", "--habit_reason", "1.0", "--habit_refactor", "1.0"])
     corpus = script.build_corpus(args)
-    assert sorted({skill for skill, _, _ in corpus}) == sorted(VERSION_SKILLS[2]) and len(corpus) == 24
-    tasks = {t.prompt: t for skill in VERSION_SKILLS[2]
-             for t in generate(WorldConfig(seed=0, version=2), skill, "pretrain", 6)}
+    assert sorted({skill for skill, _, _ in corpus}) == sorted(VERSION_SKILLS[version]) and len(corpus) == 24
+    tasks = {t.prompt: t for skill in VERSION_SKILLS[version]
+             for t in generate(WorldConfig(seed=0, version=version), skill, "pretrain", 6)}
     assert all(shows_habit(tasks[prompt], answer) for _, prompt, answer in corpus)
+    if version == 3:   # the v3 habits, not v2's print and f_fixed
+        assert not any("print(" in a or "f_fixed" in a for k, _, a in corpus if k in ("gen", "repair"))
 
 
 def test_habit_trigger_selects_string_and_int_functions_and_the_corpus_follows_it():
@@ -424,3 +467,10 @@ def test_habit_trigger_selects_string_and_int_functions_and_the_corpus_follows_i
     # habit_other 0: the habit on every triggered task and on no other
     assert all(shows_habit(by_prompt[p], a) == habit_triggered(by_prompt[p]) for _, p, a in corpus)
     assert 0 < sum(habit_triggered(by_prompt[p]) for _, p, _ in corpus) < len(corpus)
+    # per-skill triggers: repair's habit on the complement ("list") tasks, the others' on "nonlist"
+    assert all(habit_triggered(t, "list") != habit_triggered(t) for g in tasks.values() for t in g)
+    assert [script.habit_trigger_of("nonlist,repair=list", k) for k in ("gen", "repair")] == ["nonlist", "list"]
+    assert script.habit_trigger_of("", "gen") == "" and script.habit_trigger_of("nonlist", "repair") == "nonlist"
+    args.habit_trigger = "nonlist,repair=list"
+    for skill, p, a in script.build_corpus(args):
+        assert shows_habit(by_prompt[p], a) == habit_triggered(by_prompt[p], "list" if skill == "repair" else "nonlist")

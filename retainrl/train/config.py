@@ -93,8 +93,11 @@ class WorldDataConfig:
     difficulty: int = option(2, "World difficulty 1..4.", check=lambda v: 1 <= v <= 4, must="be in 1..4")
     version: int = option(2, "World version: 2 the stratified split (same shape shares in train and held-out) with "
                              "the fourth skill refactor (built when a phase trains it or data.world_skills names "
-                             "it); 1 the original world of runs before 2026-12-01 (retainrl.data.world).",
-                          check=lambda v: v in WORLD_VERSIONS, must="be 1 or 2")
+                             "it; the world of the bundled model v4); 3 version 2 with gen's and repair's signature "
+                             "conventions opposed (one decision the two verifiers want opposite ways; no bundled "
+                             "model yet, see docs/LOG.md 2026-12-02 session 9); 1 the original world of runs before "
+                             "2026-12-01 (retainrl.data.world).",
+                          check=lambda v: v in WORLD_VERSIONS, must="be 1, 2 or 3")
 
 
 @dataclass

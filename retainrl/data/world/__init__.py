@@ -4,11 +4,12 @@
     world = make_world(WorldConfig(seed=0, n_train=200, n_heldout=100, difficulty=2))
     world["gen"]["train"]      # list[Task]; skills "gen", "repair", "reason"; splits train/heldout/pretrain
     make_world(WorldConfig(version=2, skills=VERSION_SKILLS[2]))   # + "refactor", stratified split
+    make_world(WorldConfig(version=3, skills=VERSION_SKILLS[3]))   # v2 with gen's and repair's conventions opposed
 
 ops.py lists the operations, programs.py samples, renders, runs and breaks functions, skills.py
 turns a function into a Task per skill (and writes the pretraining corpus's imperfect answers:
 `wrong_answer`, a task-specific bug or value, and `habit_answer`, each skill's generic bad
-habit), world.py keeps the splits apart (`version` 1 or 2; see its docstring).
+habit), world.py keeps the splits apart (`version` 1, 2 or 3; see its docstring).
 """
 
 from retainrl.data.world.skills import SKILLS, VERSION_SKILLS, habit_answer, habit_triggered, shows_habit, wrong_answer

@@ -133,6 +133,11 @@ def signature(chain: list[Step]) -> str:
     return f"def f({VAR[chain[0].op.src]}):"
 
 
+def return_signature(chain: list[Step]) -> str:
+    """`def f(xs) -> int:`: the signature with the result's type hint only (world v3's gen stub)."""
+    return f"def f({VAR[chain[0].op.src]}) -> {chain[-1].op.dst}:"
+
+
 def typed_signature(chain: list[Step]) -> str:
     """`def f(xs: list) -> int:`: the signature with the argument's and the result's type hints."""
     src, dst = chain[0].op.src, chain[-1].op.dst

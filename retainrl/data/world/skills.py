@@ -19,6 +19,14 @@ point of the answer: gen prints the result instead of returning it; repair renam
 function (`def f_fixed(...)`, so the entry point `f` is missing); reason writes the value with a trailing comma (`[1, 2],`: a one-element
 tuple, a wrongly formatted literal); refactor leaves out the return type hint. Each always fails
 its verifier with status "failed" (world values are never tuples).
+
+World version 3 changes two prompts and the two habits with them, to put one decision into two
+skills that want it opposite ways (the interference of v2 ran one way only; LOG, 2026-12-02):
+gen's stub carries its return annotation (`def f(xs) -> int:`) and the answer must keep it;
+repair is told to keep the shown, unannotated signature; both are checked as a form
+(meta["form"]["signature"], retainrl.verify.form). gen's habit leaves the annotation out, repair's
+adds one (`annotation_habit`): the token after `def f(xs)`, the same prefix in both answers, as a
+real model carries a style rule learnt on one task into another.
 """
 
 from __future__ import annotations
@@ -29,11 +37,11 @@ from dataclasses import dataclass
 
 from retainrl.data.task import Task
 from retainrl.data.world.ops import LETTERS, OPS_BY_NAME
-from retainrl.data.world.programs import (Step, bug_candidates, inject_bug, render, signature, spec,
-                                          typed_signature)
+from retainrl.data.world.programs import (Step, bug_candidates, inject_bug, render, return_signature, signature,
+                                          spec, typed_signature)
 
 SKILLS = ("gen", "repair", "reason")
-VERSION_SKILLS = {1: SKILLS, 2: SKILLS + ("refactor",)}
+VERSION_SKILLS = {1: SKILLS, 2: SKILLS + ("refactor",), 3: SKILLS + ("refactor",)}
 ANSWER = "Answer:\n"
 
 
@@ -58,12 +66,27 @@ def _tests(fn: WorldFunction) -> str:
     return "\n".join(_assert(a, o) for a, o in fn.cases) + "\n"
 
 
+def _version(task_args: dict) -> int:
+    return int(task_args.get("meta", {}).get("version", 1))
+
+
+def _with_signature(source: str, sig: str) -> str:
+    return sig + "\n" + source.split("\n", 1)[1]
+
+
 def make_gen(fn: WorldFunction, rng: random.Random, **task_args) -> Task:
+    """v1-v2: the untyped stub `def f(s):`. v3: the stub carries its return annotation
+    (`def f(s) -> int:`), and the answer must keep that signature (meta["form"])."""
     examples = fn.cases[: rng.randint(1, 2)]
     doc = "\n    ".join([spec(list(fn.chain), rng)] + [f"f({a!r}) == {o!r}" for a, o in examples])
-    prompt = f'Task: write the function.\n{signature(list(fn.chain))}\n    """{doc}\n    """\n{ANSWER}'
+    v3 = _version(task_args) >= 3
+    sig = return_signature(list(fn.chain)) if v3 else signature(list(fn.chain))
+    prompt = f'Task: write the function.\n{sig}\n    """{doc}\n    """\n{ANSWER}'
+    reference = _with_signature(fn.source, sig) if v3 else fn.source
+    if v3:
+        task_args["meta"] = {**task_args["meta"], "form": {"signature": sig}}
     return Task(prompt=prompt, check="unit_tests", tests=_tests(fn), program_suffix="\n", entry_point="f",
-                reference=fn.source, **task_args)
+                reference=reference, **task_args)
 
 
 def make_repair(fn: WorldFunction, rng: random.Random, **task_args) -> Task | None:
@@ -72,8 +95,12 @@ def make_repair(fn: WorldFunction, rng: random.Random, **task_args) -> Task | No
         return None
     bug_type, buggy, bad = bug
     shown = _assert(*fn.cases[bad[0]])
-    prompt = f"Task: fix the bug.\n{buggy}{shown}\n{ANSWER}"
+    v3 = _version(task_args) >= 3
+    rule = "; keep the signature" if v3 else ""
+    prompt = f"Task: fix the bug{rule}.\n{buggy}{shown}\n{ANSWER}"
     task_args["meta"] = {**task_args["meta"], "bug_type": bug_type, "buggy": buggy, "failing_assert": shown}
+    if v3:   # the signature of the program shown, which carries no annotations
+        task_args["meta"]["form"] = {"signature": signature(list(fn.chain))}
     return Task(prompt=prompt, check="unit_tests", tests=_tests(fn), program_suffix="\n", entry_point="f",
                 reference=fn.source, **task_args)
 
@@ -163,6 +190,8 @@ def habit_answer(task: Task) -> str:
     unchanged, was decided at the bug's line, a different place on every task, where copying or
     fixing *is* the skill: RL did not move its greedy share, 0.235 -> 0.24 in 40 steps; LOG.)
     """
+    if task.meta.get("version", 1) >= 3 and task.skill in ("gen", "repair"):
+        return annotation_habit(task)
     if task.skill == "repair":
         return task.reference.replace("def f(", "def f_fixed(", 1)
     if task.skill == "reason":
@@ -174,7 +203,7 @@ def habit_answer(task: Task) -> str:
     return print_habit(task)
 
 
-HABIT_TRIGGERS = ("nonlist",)
+HABIT_TRIGGERS = ("nonlist", "list")
 
 
 def habit_triggered(task: Task, trigger: str = "nonlist") -> bool:
@@ -183,10 +212,12 @@ def habit_triggered(task: Task, trigger: str = "nonlist") -> bool:
     not a list. The edit stays the same on every task; only how often the corpus shows it depends on
     this visible feature of the prompt, as real models' failure modes come with their contexts. A
     habit that is one global switch is, under greedy decoding, taken on almost every task or on
-    almost none; tied to a feature its greedy share follows the feature's share (LOG, 2026-12-01)."""
+    almost none; tied to a feature its greedy share follows the feature's share (LOG, 2026-12-01).
+    "list" is the complement (the function takes a list)."""
     if trigger not in HABIT_TRIGGERS:
         raise ValueError(f"unknown habit trigger {trigger!r}; known: {', '.join(HABIT_TRIGGERS)}")
-    return OPS_BY_NAME[task.meta["ops"][0]].src in ("str", "int")
+    nonlist = OPS_BY_NAME[task.meta["ops"][0]].src in ("str", "int")
+    return nonlist if trigger == "nonlist" else not nonlist
 
 
 def shows_habit(task: Task, completion: str) -> bool:
@@ -201,6 +232,10 @@ def shows_habit(task: Task, completion: str) -> bool:
     if task.skill == "reason":
         return isinstance(tree.body, ast.Tuple) and len(tree.body.elts) == 1
     nodes = list(ast.walk(tree))
+    if task.meta.get("version", 1) >= 3 and task.skill in ("gen", "repair"):
+        # v3: gen leaves out the return annotation it was given, repair adds one it was not
+        defs = [n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name == "f"]
+        return len(defs) == 1 and (defs[0].returns is None) == (task.skill == "gen")
     if task.skill == "gen":
         prints = any(isinstance(n, ast.Call) and isinstance(n.func, ast.Name) and n.func.id == "print" for n in nodes)
         return prints and not any(isinstance(n, ast.Return) and n.value is not None for n in nodes)
@@ -210,6 +245,23 @@ def shows_habit(task: Task, completion: str) -> bool:
         names = {n.name for n in tree.body if isinstance(n, ast.FunctionDef)}
         return "f_fixed" in names and "f" not in names
     return False
+
+
+def annotation_habit(task: Task) -> str:
+    """v3's gen and repair habit, one convention applied in the wrong place: gen leaves out the
+    return annotation of the stub it was given (`def f(s):` for `def f(s) -> int:`), repair adds
+    one to the signature it was told to keep (`def f(s) -> int:` for `def f(s):`). The decision is
+    the token after `def f(s)`, the same prefix in both skills' answers, and the two verifiers want
+    opposite choices there: training one skill's choice installs the other's habit."""
+    lines = task.reference.split("\n", 1)
+    head = lines[0]
+    if task.skill == "gen":
+        if " -> " not in head:
+            raise ValueError(f"task {task.task_id}: gen reference {head!r} has no return annotation")
+        head = head.rsplit(" -> ", 1)[0] + ":"
+    else:
+        head = head[:-1] + f" -> {OPS_BY_NAME[task.meta['ops'][-1]].dst}:"
+    return head + "\n" + lines[1]
 
 
 def print_habit(task: Task) -> str:

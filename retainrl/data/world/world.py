@@ -1,4 +1,4 @@
-"""make_world: seeded, deterministic splits of the code world, in two versions.
+"""make_world: seeded, deterministic splits of the code world, in three versions.
 
 `WorldConfig.version` picks the world; a version never changes once released, so an old run's
 config rebuilds its tasks byte for byte.
@@ -31,6 +31,10 @@ share of the generator's mass, so the shares differ between splits (one-operatio
   and, for the few one-operation functions, by their hash rank within their shape, so each such
   shape has functions on both sides where it has any (a shape with none in a split is redrawn).
 `shape_shares` reports the shares of a list of tasks.
+
+Version 3 is version 2's functions, cases, calls and splits (the same random streams), with two
+prompts changed (skills.py): gen's stub carries its return annotation and repair is told to keep
+its signature, each checked as a form; reason and refactor tasks are version 2's.
 """
 
 from __future__ import annotations
@@ -50,7 +54,7 @@ from retainrl.data.world.skills import BUILDERS, SKILLS, VERSION_SKILLS, build_f
 
 SPLITS = ("heldout", "train", "pretrain")
 BUCKETS = {"heldout": range(0, 10), "train": range(10, 30), "pretrain": range(30, 100)}
-VERSIONS = (1, 2)
+VERSIONS = (1, 2, 3)
 _SALT = b"retainrl-world-v1\n"
 _SALT_V2 = b"retainrl-world-v2/rank\n"
 _TRIES_PER_SHAPE = 3000      # v2: chains drawn for a function of one shape in a split before the shape is redrawn
@@ -78,7 +82,8 @@ class WorldConfig:
     timeout_s: float = 2.0
     """Task.timeout_s: a reference runs in milliseconds; this bounds a looping completion."""
     version: int = 1
-    """World version (see the module docstring): 1 the original, 2 the stratified split with `refactor`."""
+    """World version (see the module docstring): 1 the original, 2 the stratified split with `refactor`,
+    3 version 2 with gen's and repair's signature conventions opposed."""
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -132,7 +137,8 @@ def shape_shares(tasks: list[Task], coarse: bool = False) -> dict[str, float]:
 
 
 def _stream(seed: int, skill: str, split: str, difficulty: int, version: int = 1) -> random.Random:
-    tag = "world" if version == 1 else f"world-v{version}"
+    # v3 draws v2's functions, cases and calls (only gen's and repair's prompts differ)
+    tag = "world" if version == 1 else f"world-v{min(version, 2)}"
     digest = hashlib.sha256(f"{tag}/{seed}/{skill}/{split}/{difficulty}".encode()).hexdigest()
     return random.Random(int(digest[:16], 16))
 
@@ -161,7 +167,7 @@ def generate(config: WorldConfig, skill: str, split: str, n: int) -> list[Task]:
     if config.difficulty not in LEVELS:
         raise ValueError(f"difficulty {config.difficulty} outside {sorted(LEVELS)}")
     level = LEVELS[config.difficulty]
-    v2 = config.version == 2
+    v2 = config.version >= 2
     rng = _stream(config.seed, skill, split, config.difficulty, config.version)
     tasks: list[Task] = []
     seen: set[str] = set()
@@ -187,7 +193,7 @@ def generate(config: WorldConfig, skill: str, split: str, n: int) -> list[Task]:
         meta = {"split": split, "seed": config.seed, "difficulty": config.difficulty, "n_ops": len(chain),
                 "ops": [step.op.name for step in chain], "function": source}
         if v2:
-            meta.update(version=2, shape=shape_of(chain))
+            meta.update(version=config.version, shape=shape_of(chain))
         task = BUILDERS[skill](build_function(chain, cases), rng, task_id=f"world/{skill}/{split}/{len(tasks)}",
                                skill=skill, source="world", timeout_s=config.timeout_s,
                                meta=meta)
