@@ -92,6 +92,27 @@ def test_flat_layout_projects_each_module_and_passes_the_rest():
     assert out[22:].tolist() == [1.0, 2.0, 3.0]
 
 
+def test_one_sided_keeps_a_module_whole_only_where_the_removed_part_helps_every_skill():
+    A, B, dA, dB, U, V = _random_lora(n_in=6, n_out=5, r=2, kx=2, kg=2)
+    A2, B2, dA2, dB2, _, _ = _random_lora(n_in=6, n_out=5, r=2, kx=2, kg=2, seed=1)
+    names = ["m.lora_A.default.weight", "m.lora_B.default.weight", "n.lora_A.default.weight", "n.lora_B.default.weight"]
+    sub = LoraSubspaces(names, [A.shape, B.shape, A2.shape, B2.shape], {"m": (U, V), "n": (U, V)})
+    theta = torch.cat([A.reshape(-1), B.reshape(-1), A2.reshape(-1), B2.reshape(-1)])
+    step = torch.cat([dA.reshape(-1), dB.reshape(-1), dA2.reshape(-1), dB2.reshape(-1)])
+    two = sub.project(step, theta)
+    removed = step - two                                   # (d,): what the two-sided projection takes out
+    m, n = slice(0, 22), slice(22, 44)
+    # skill 1 is helped by m's removed part and hurt by n's; skill 2 is helped by both
+    h1 = torch.zeros_like(step); h1[m] = removed[m]; h1[n] = -removed[n]
+    h2 = removed.clone()
+    out = sub.project(step, theta, torch.stack([h1, h2]))
+    assert torch.equal(out[m], step[m]) and torch.allclose(out[n], two[n]) and sub.kept_whole == 1
+    out = sub.project(step, theta, torch.stack([-h2]))    # hurts the one skill everywhere: all projected
+    assert torch.allclose(out, two) and sub.kept_whole == 0
+    out = sub.project(step, theta, torch.stack([h2]))     # helps it everywhere: the step passes whole
+    assert torch.equal(out, step) and sub.kept_whole == 2
+
+
 @pytest.fixture(scope="module")
 def policy_and_answers():
     from tests.test_safety_constraints import policy_and_answers as fixture

@@ -737,11 +737,22 @@ class SafetyLayer:
             if s in self.answer_memories:
                 metrics[f"safety/memory_pass/{s}"] = self.answer_memories[s].pass_rate
         pre = self._act_projection(policy, params, skills)
+        if pre is not None and getattr(self.cfg, "act_one_sided", False):
+            # the per-skill objective gradients (+grad J_s = -mean of the skill's loss rows)
+            # (a skill with no rows yet has no direction to test: then the projection stays two-sided)
+            have = [s for s in skills if (s in cons.skill_rows if cons.skill_rows else s in cons.owners)]
+            if have and len(have) == len(skills):
+                helps = -torch.stack([cons.skill_rows[s] if cons.skill_rows else
+                                      cons.G[[i for i, o in enumerate(cons.owners) if o == s]].mean(0) for s in have])
+                project = pre
+                pre = lambda step_, theta: project(step_, theta, helps)   # noqa: E731
         applied, pm = safe_step(params, optimizer, g, cons.G, cons.eps, cons.eps_mode, self.cfg.space, self.cfg.solver,
                                 pre=pre)
         metrics.update({k.replace("proj/", "safety/"): v for k, v in pm.items()})
         if pre is not None:
             metrics.update(self.act.ranks() or {"safety/act/k_in": 0.0})
+            if getattr(self.cfg, "act_one_sided", False):
+                metrics["safety/act/kept_whole_frac"] = self.act.kept_whole / max(1, len(self.act.blocks))
         if "safety/num_active" in metrics and cons.G.shape[0]:
             metrics["safety/active_frac"] = metrics["safety/num_active"] / cons.G.shape[0]
         metrics.update(self._diagnostics(g, cons, applied, self.cfg.measure_realised and self.diagnosing(step)))

@@ -144,17 +144,29 @@ class LoraSubspaces:
             a, b = offsets[f"{mod}.lora_A.default.weight"], offsets[f"{mod}.lora_B.default.weight"]
             self.blocks.append((a, b, U, V))
         self.bases = bases
+        self.kept_whole = 0   # modules kept whole by the last one-sided projection
 
     @torch.no_grad()
-    def project(self, step: torch.Tensor, params: torch.Tensor) -> torch.Tensor:
-        """step (d,) proposed at flat parameters `params` (d,) -> the projected step (d,)."""
+    def project(self, step: torch.Tensor, params: torch.Tensor, helps: torch.Tensor | None = None) -> torch.Tensor:
+        """step (d,) proposed at flat parameters `params` (d,) -> the projected step (d,).
+
+        helps (S, d), optional: one row per protected skill, the gradient of its objective (+grad J_s).
+        One-sided: a module whose removed part r has helps[:, module] @ r >= 0 for every skill keeps
+        its step whole (what the subspace would remove raises every protected J_s to first order)."""
         out = step.clone()
+        self.kept_whole = 0
         for (a0, ashp), (b0, bshp), U, V in self.blocks:
             na, nb = int(torch.Size(ashp).numel()), int(torch.Size(bshp).numel())
             A, B = params[a0:a0 + na].view(ashp).double(), params[b0:b0 + nb].view(bshp).double()
             dA, dB = step[a0:a0 + na].view(ashp).double(), step[b0:b0 + nb].view(bshp).double()
             U_, V_ = U.to(A.device), (V.to(A.device) if V is not None else None)
             pA, pB = project_lora(dA, dB, A, B, U_, V_)
+            if helps is not None:
+                h = helps.double()
+                gain = h[:, a0:a0 + na] @ (dA - pA).reshape(-1) + h[:, b0:b0 + nb] @ (dB - pB).reshape(-1)   # (S,)
+                if bool((gain >= 0).all()):
+                    self.kept_whole += 1
+                    continue
             out[a0:a0 + na] = pA.reshape(-1).to(out.dtype)
             out[b0:b0 + nb] = pB.reshape(-1).to(out.dtype)
         return out

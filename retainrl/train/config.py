@@ -208,6 +208,10 @@ class SafetyConfig:
     act_energy: float = option(0.7, "act_subspace: the fewest eigenvectors per layer holding this share of the "
                                     "covariance's trace (GPM's energy threshold; 0.7 tuned, LOG session 8).",
                                check=lambda v: 0 < v <= 1, must="be in (0, 1]")
+    act_one_sided: bool = option(False, "act_subspace: keep a LoRA layer's step whole when the part the subspace "
+                                        "would remove raises every protected skill's mean row objective to first "
+                                        "order (it helps them), and project it otherwise; the two-sided default "
+                                        "also blocks the directions in which the new skill helps the old ones.")
 
 @dataclass
 class RunConfig:
