@@ -139,12 +139,15 @@ def main() -> None:
     parser.add_argument("--parallel", type=int, default=2)
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="a config override for every run, e.g. world.version=3 (repeatable)")
-    parser.add_argument("--algo_skills", default=",".join(ALGO_SKILLS), help="skills of the algos group")
+    parser.add_argument("--algo_skills", default=",".join(ALGO_SKILLS), help="skills of the algos group (comma-separated)")
     a = parser.parse_args()
+    if a.set and a.root == parser.get_default("root"):
+        # a run whose folder exists is skipped, whatever its config: overridden runs need their own root
+        raise SystemExit("--set changes every run's config: give it its own --root (runs/v4 holds the plain runs)")
     root = (ROOT / a.root).resolve()
     if a.command == "run":
         run(a.groups, [int(s) for s in a.seeds.split(",")], root, a.model, a.parallel, tuple(a.set),
-            tuple(a.algo_skills.split(",")))
+            tuple(k for k in a.algo_skills.split(",") if k) or ALGO_SKILLS)
     summary(root)
 
 

@@ -56,6 +56,7 @@ from transformers import (AutoModelForCausalLM, AutoTokenizer, PreTrainedTokeniz
 from retainrl.data.task import Task  # noqa: E402
 from retainrl.data.world import (VERSION_SKILLS, WorldConfig, generate, habit_answer, habit_triggered,  # noqa: E402
                                  shows_habit, wrong_answer)
+from retainrl.data.world.skills import HABIT_TRIGGERS  # noqa: E402
 from retainrl.verify.checks import verify_many  # noqa: E402
 from retainrl.verify.sandbox import Sandbox  # noqa: E402
 
@@ -195,15 +196,21 @@ def world_config(args: Args) -> WorldConfig:
     return WorldConfig(seed=args.seed, difficulty=args.difficulty, version=args.world_version)
 
 
-def habit_trigger_of(spec: str, skill: str) -> str:
-    """The trigger of one skill in `--habit_trigger` ("nonlist" or "nonlist,repair=list"); "" for none."""
+def habit_trigger_of(spec: str, skill: str, skills: tuple[str, ...] | None = None) -> str:
+    """The trigger of one skill in `--habit_trigger` ("nonlist" or "nonlist,repair=list"); "" for none.
+    Raises SystemExit for an unknown trigger, or a skill not in `skills` (when given)."""
     default, per_skill = "", {}
     for item in filter(None, (part.strip() for part in spec.split(","))):
-        if "=" in item:
-            name, trigger = item.split("=", 1)
-            per_skill[name.strip()] = trigger.strip()
+        name, trigger = item.split("=", 1) if "=" in item else ("", item)
+        name, trigger = name.strip(), trigger.strip()
+        if trigger not in HABIT_TRIGGERS:
+            raise SystemExit(f"--habit_trigger {spec!r}: unknown trigger {trigger!r}; known: {', '.join(HABIT_TRIGGERS)}")
+        if name and skills is not None and name not in skills:
+            raise SystemExit(f"--habit_trigger {spec!r}: no skill {name!r} in this world; skills: {', '.join(skills)}")
+        if name:
+            per_skill[name] = trigger
         else:
-            default = item
+            default = trigger
     return per_skill.get(skill, default)
 
 
@@ -218,7 +225,7 @@ def build_corpus(args: Args) -> list[tuple[str, str, str]]:
     for skill in skills_of(args):
         for task in generate(config, skill, "pretrain", round(args.n_pretrain * share[skill])):
             # no draw when the habit is off, so stage-1 commands rebuild their corpus exactly
-            trigger = habit_trigger_of(args.habit_trigger, skill)
+            trigger = habit_trigger_of(args.habit_trigger, skill, skills_of(args))
             rate = habit[skill] if not trigger or habit_triggered(task, trigger) else args.habit_other
             if habit[skill] > 0 and rng.random() < rate:
                 answer = habit_answer(task)
@@ -544,7 +551,7 @@ def write_readme(out: str, info: dict) -> None:
         f"- tokenizer: byte-level BPE, {info['vocab_size']} tokens, one token per digit",
         f"- corpus: {info['corpus_texts']:,} texts, wrong-answer fractions {info['wrong']}"
         + (f", gen answers with the print-for-return habit: {info['habit_gen']:.0%}"
-           if info.get("habit_gen") and len(habits) <= 1 else ""),
+           if info.get("habit_gen") and len(habits) <= 1 and info.get("world_version", 1) < 3 else ""),
         f"- schedule: {schedule(info['args'])}; kept checkpoint: step {info['kept_step']} "
         f"(greedy pass@1 on {info['args']['n_calib']} train-split tasks per skill: "
         + ", ".join(f"{k} {v:.2f}" for k, v in sorted(info['kept_calib_pass@1'].items()))

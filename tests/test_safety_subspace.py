@@ -113,6 +113,22 @@ def test_one_sided_keeps_a_module_whole_only_where_the_removed_part_helps_every_
     assert torch.equal(out, step) and sub.kept_whole == 2
 
 
+def test_one_sided_test_directions_are_the_skills_objective_gradients():
+    """The layer's rows are loss gradients (-grad J): the one-sided test must use +grad J, and fall
+    back to two-sided while a protected skill has no rows."""
+    from retainrl.safety.layer import Constraints, one_sided_helps
+
+    v, w = torch.tensor([1.0, -2.0, 3.0]), torch.tensor([0.5, 0.5, 0.0])
+    G = torch.stack([-v, -v, -w])        # two loss rows of gen, one of repair
+    cons = Constraints(G=G, eps=torch.zeros(3), eps_mode="absolute", owners=["gen", "gen", "repair"])
+    assert torch.equal(one_sided_helps(cons, ["gen", "repair"]), torch.stack([v, w]))
+    cons.skill_rows = {"gen": -2 * v}    # a builder's own per-skill row wins over the mean of the rows
+    assert one_sided_helps(cons, ["gen", "repair"]) is None          # repair has no skill row: two-sided
+    assert torch.equal(one_sided_helps(cons, ["gen"]), (2 * v)[None])
+    assert one_sided_helps(Constraints(G=torch.zeros(0, 3), eps=torch.zeros(0), eps_mode="absolute", owners=[]),
+                           ["gen"]) is None
+
+
 @pytest.fixture(scope="module")
 def policy_and_answers():
     from tests.test_safety_constraints import policy_and_answers as fixture

@@ -471,6 +471,9 @@ def test_habit_trigger_selects_string_and_int_functions_and_the_corpus_follows_i
     assert all(habit_triggered(t, "list") != habit_triggered(t) for g in tasks.values() for t in g)
     assert [script.habit_trigger_of("nonlist,repair=list", k) for k in ("gen", "repair")] == ["nonlist", "list"]
     assert script.habit_trigger_of("", "gen") == "" and script.habit_trigger_of("nonlist", "repair") == "nonlist"
+    for bad in ("nonlist,repiar=list", "loops", "nonlist,repair=lists"):   # a typo is an error, not the default
+        with pytest.raises(SystemExit, match="habit_trigger"):
+            script.habit_trigger_of(bad, "gen", VERSION_SKILLS[2])
     args.habit_trigger = "nonlist,repair=list"
     for skill, p, a in script.build_corpus(args):
         assert shows_habit(by_prompt[p], a) == habit_triggered(by_prompt[p], "list" if skill == "repair" else "nonlist")

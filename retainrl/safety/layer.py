@@ -169,6 +169,20 @@ def resolve_act(cfg, protocol: str) -> str:
     return "both" if fits else "off"
 
 
+def one_sided_helps(cons: "Constraints", skills: list[str]) -> torch.Tensor | None:
+    """(S, d): +grad J_s of every protected skill (the rows are loss gradients, -grad J), the test
+    of safety.act_one_sided; None while a skill has no rows yet (then the projection stays two-sided)."""
+    if cons.skill_rows:
+        have = [s for s in skills if s in cons.skill_rows]
+        rows = [cons.skill_rows[s] for s in have]
+    else:
+        have = [s for s in skills if s in cons.owners]
+        rows = [cons.G[[i for i, o in enumerate(cons.owners) if o == s]].mean(0) for s in have]
+    if not have or len(have) != len(skills):
+        return None
+    return -torch.stack(rows)
+
+
 def trigger_on(reference: float, current: float, tau: float) -> bool:
     """A constraint is switched on while the skill is more than tau below its reference."""
     return (reference - current) > tau
@@ -737,22 +751,19 @@ class SafetyLayer:
             if s in self.answer_memories:
                 metrics[f"safety/memory_pass/{s}"] = self.answer_memories[s].pass_rate
         pre = self._act_projection(policy, params, skills)
-        if pre is not None and getattr(self.cfg, "act_one_sided", False):
-            # the per-skill objective gradients (+grad J_s = -mean of the skill's loss rows)
-            # (a skill with no rows yet has no direction to test: then the projection stays two-sided)
-            have = [s for s in skills if (s in cons.skill_rows if cons.skill_rows else s in cons.owners)]
-            if have and len(have) == len(skills):
-                helps = -torch.stack([cons.skill_rows[s] if cons.skill_rows else
-                                      cons.G[[i for i, o in enumerate(cons.owners) if o == s]].mean(0) for s in have])
-                project = pre
-                pre = lambda step_, theta: project(step_, theta, helps)   # noqa: E731
+        helps = one_sided_helps(cons, skills) if pre is not None and getattr(self.cfg, "act_one_sided", False) else None
+        if helps is not None:
+            project = pre
+            pre = lambda step_, theta: project(step_, theta, helps)   # noqa: E731
         applied, pm = safe_step(params, optimizer, g, cons.G, cons.eps, cons.eps_mode, self.cfg.space, self.cfg.solver,
                                 pre=pre)
         metrics.update({k.replace("proj/", "safety/"): v for k, v in pm.items()})
         if pre is not None:
             metrics.update(self.act.ranks() or {"safety/act/k_in": 0.0})
             if getattr(self.cfg, "act_one_sided", False):
-                metrics["safety/act/kept_whole_frac"] = self.act.kept_whole / max(1, len(self.act.blocks))
+                metrics["safety/act/one_sided_on"] = float(helps is not None)
+                metrics["safety/act/kept_whole_frac"] = (self.act.kept_whole / max(1, len(self.act.blocks))
+                                                         if helps is not None else 0.0)
         if "safety/num_active" in metrics and cons.G.shape[0]:
             metrics["safety/active_frac"] = metrics["safety/num_active"] / cons.G.shape[0]
         metrics.update(self._diagnostics(g, cons, applied, self.cfg.measure_realised and self.diagnosing(step)))

@@ -163,9 +163,11 @@ class LoraSubspaces:
             pA, pB = project_lora(dA, dB, A, B, U_, V_)
             if helps is not None:
                 h = helps.double()
-                gain = h[:, a0:a0 + na] @ (dA - pA).reshape(-1) + h[:, b0:b0 + nb] @ (dB - pB).reshape(-1)   # (S,)
+                rA, rB = (dA - pA).reshape(-1), (dB - pB).reshape(-1)
+                gain = h[:, a0:a0 + na] @ rA + h[:, b0:b0 + nb] @ rB   # (S,)
                 if bool((gain >= 0).all()):
-                    self.kept_whole += 1
+                    # counted only where the projection would have removed something
+                    self.kept_whole += int(bool(rA.abs().sum() + rB.abs().sum() > 0))
                     continue
             out[a0:a0 + na] = pA.reshape(-1).to(out.dtype)
             out[b0:b0 + nb] = pB.reshape(-1).to(out.dtype)

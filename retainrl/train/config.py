@@ -309,6 +309,11 @@ class RunConfig:
                           "phase); use safety.protect=others to protect the skills not trained", stacklevel=2)
         if self.method.name == "replay" and first_only:
             warnings.warn("method.name=replay with one phase replays nothing (no earlier phase)", stacklevel=2)
+        if self.safety.enabled and self.safety.act_one_sided:
+            from retainrl.safety.layer import resolve_act
+            if resolve_act(self.safety, self.protocol.kind) == "off":
+                warnings.warn("safety.act_one_sided does nothing here: safety.act_subspace is (or resolves to) off",
+                              stacklevel=2)
         bad_k = [k for k in self.eval.pass_k if k > 1 and k > self.eval.n_samples]
         if bad_k:
             raise ConfigError(f"eval.pass_k: pass@{bad_k[0]} needs eval.n_samples >= {bad_k[0]}, got "
