@@ -69,6 +69,16 @@ def _worker(rank, world, port, q, space):
     q.put((rank, out[rank].tolist()))  # plain data: shared-memory tensors die with the child
 
 
+def _finish(rank: int, world: int, q, out):
+    """End a rank of a run: leave the process group; one process returns `out`, a spawned rank puts
+    it on the queue (plain data: shared-memory tensors die with the child)."""
+    if world > 1:
+        dist.destroy_process_group()
+    if q is None:
+        return out
+    q.put((rank, out))
+
+
 def _two_ranks(target, *args, timeout: float = 300) -> dict:
     """rank -> what target(rank, 2, port, q, *args) put on the queue, from two spawned gloo ranks
     (both must exit cleanly)."""
@@ -151,12 +161,7 @@ def _answer_run(rank: int, world: int, port: int, q, n_prompts: int = 5):
         for p in params:   # the same target gradient on every rank (a stand-in for the all-reduced one)
             p.grad = torch.randn(p.shape, generator=gen) * 0.05
         metrics.append(layer.step(params, opt, policy, None, step + 1, ["gen"]))
-    out = (flat_params(params).tolist(), rows, [m.get("safety/num_active", 0.0) for m in metrics])
-    if world > 1:
-        dist.destroy_process_group()
-    if q is None:
-        return out
-    q.put((rank, out))
+    return _finish(rank, world, q, (flat_params(params).tolist(), rows, [m.get("safety/num_active", 0.0) for m in metrics]))
 
 
 def test_answer_rows_split_over_ranks_match_one_process():
@@ -242,12 +247,8 @@ def _bases_run(rank: int, world: int, port: int, q):
     mem = layer.answer_memories["gen"]
     sub = build_subspaces(policy, [[mem.answers[i] for i in range(5)]], "both", 0.7, 1.0)
     # the projectors are what must agree (eigenvector signs are arbitrary); k per module too
-    out = {name: ((U @ U.T).tolist(), (V @ V.T).tolist()) for name, (U, V) in list(sub.bases.items())[:3]}
-    if world > 1:
-        dist.destroy_process_group()
-    if q is None:
-        return out
-    q.put((rank, out))
+    return _finish(rank, world, q, {name: ((U @ U.T).tolist(), (V @ V.T).tolist())
+                                    for name, (U, V) in list(sub.bases.items())[:3]})
 
 
 def test_activation_bases_split_over_ranks_match_one_process():

@@ -172,15 +172,9 @@ def resolve_act(cfg, protocol: str) -> str:
 def one_sided_helps(cons: "Constraints", skills: list[str]) -> torch.Tensor | None:
     """(S, d): +grad J_s of every protected skill (the rows are loss gradients, -grad J), the test
     of safety.act_one_sided; None while a skill has no rows yet (then the projection stays two-sided)."""
-    if cons.skill_rows:
-        have = [s for s in skills if s in cons.skill_rows]
-        rows = [cons.skill_rows[s] for s in have]
-    else:
-        have = [s for s in skills if s in cons.owners]
-        rows = [cons.G[[i for i, o in enumerate(cons.owners) if o == s]].mean(0) for s in have]
-    if not have or len(have) != len(skills):
+    if not skills or any(s not in cons.row_skills() for s in skills):
         return None
-    return -torch.stack(rows)
+    return -torch.stack([cons.skill_row(s) for s in skills])
 
 
 def trigger_on(reference: float, current: float, tau: float) -> bool:
@@ -286,6 +280,18 @@ class Constraints:
     extra: dict[str, float] = field(default_factory=dict)  # builder metrics (budgets, ranks)
     sharded: bool = False                          # G's columns are this rank's shard (FSDP2)
     after: Callable[[torch.Tensor, bool], dict[str, float]] | None = None  # (applied step, measure realised) -> metrics
+
+    def row_skills(self) -> list[str]:
+        """The skills that have a row: the builder's skill rows, else the rows' owners (in order)."""
+        return list(self.skill_rows) if self.skill_rows else list(dict.fromkeys(self.owners))
+
+    def skill_row(self, skill: str, dtype: torch.dtype | None = None) -> torch.Tensor:
+        """-grad J_s (d,): the builder's skill row, else the mean of the skill's rows (cast first)."""
+        if self.skill_rows:
+            row = self.skill_rows[skill]
+            return row if dtype is None else row.to(dtype)
+        rows = self.G[[i for i, o in enumerate(self.owners) if o == skill]]
+        return (rows if dtype is None else rows.to(dtype)).mean(0)
 
 
 def skill_mean_rows(layer: "SafetyLayer", policy, params, sandbox, step: int, skills: list[str]) -> Constraints:
@@ -803,11 +809,10 @@ class SafetyLayer:
         out.update(step_geometry(cons.G, applied, cons.sharded))
         if cons.after is not None:
             out.update(cons.after(applied, realised))
-        skills = list(cons.skill_rows) if cons.skill_rows else list(dict.fromkeys(cons.owners))
+        skills = cons.row_skills()
         if not skills:
             return out
-        rows = torch.stack([cons.skill_rows[s].double() if cons.skill_rows else
-                            cons.G[[i for i, o in enumerate(cons.owners) if o == s]].double().mean(0) for s in skills])
+        rows = torch.stack([cons.skill_row(s, torch.float64) for s in skills])
         # every dot product below, from one Gram matrix of [g, skill rows, applied] (summed over
         # ranks when the columns are shards)
         gram = _gram_of(torch.cat([g[None].double(), rows, applied[None].double()]), cons.sharded)

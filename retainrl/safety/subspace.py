@@ -155,14 +155,14 @@ class LoraSubspaces:
         its step whole (what the subspace would remove raises every protected J_s to first order)."""
         out = step.clone()
         self.kept_whole = 0
+        h = helps.double() if helps is not None else None
         for (a0, ashp), (b0, bshp), U, V in self.blocks:
             na, nb = int(torch.Size(ashp).numel()), int(torch.Size(bshp).numel())
             A, B = params[a0:a0 + na].view(ashp).double(), params[b0:b0 + nb].view(bshp).double()
             dA, dB = step[a0:a0 + na].view(ashp).double(), step[b0:b0 + nb].view(bshp).double()
             U_, V_ = U.to(A.device), (V.to(A.device) if V is not None else None)
             pA, pB = project_lora(dA, dB, A, B, U_, V_)
-            if helps is not None:
-                h = helps.double()
+            if h is not None:
                 rA, rB = (dA - pA).reshape(-1), (dB - pB).reshape(-1)
                 gain = h[:, a0:a0 + na] @ rA + h[:, b0:b0 + nb] @ rB   # (S,)
                 if bool((gain >= 0).all()):

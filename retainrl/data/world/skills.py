@@ -117,7 +117,7 @@ def make_refactor(fn: WorldFunction, rng: random.Random, **task_args) -> Task:
     """The function written verbosely (comprehensions as loops) -> the same behaviour in the
     stated form: `typed_signature` exactly, and no for/while loop when the reference has none."""
     sig = typed_signature(list(fn.chain))
-    reference = sig + "\n" + fn.source.split("\n", 1)[1]
+    reference = _with_signature(fn.source, sig)
     no_loops = not any(isinstance(node, (ast.For, ast.While)) for node in ast.walk(ast.parse(reference)))
     rule = f"use the signature `{sig}`" + (" and no for loops" if no_loops else "")
     prompt = f"Task: refactor the function, keeping what it returns; {rule}.\n{render(list(fn.chain), loops=True)}{ANSWER}"

@@ -167,13 +167,13 @@ def generate(config: WorldConfig, skill: str, split: str, n: int) -> list[Task]:
     if config.difficulty not in LEVELS:
         raise ValueError(f"difficulty {config.difficulty} outside {sorted(LEVELS)}")
     level = LEVELS[config.difficulty]
-    v2 = config.version >= 2
+    stratified = config.version >= 2   # v2's stratified draw, which v3 shares
     rng = _stream(config.seed, skill, split, config.difficulty, config.version)
     tasks: list[Task] = []
     seen: set[str] = set()
     target, tries = None, 0   # v2: the drawn shape, kept until a task of that shape is made
     for _ in range(400 * n + 2000):
-        if v2:
+        if stratified:
             if target is None or tries >= _TASK_TRIES_PER_SHAPE:
                 target, tries = sample_chain(rng, level), 0
             tries += 1
@@ -184,7 +184,7 @@ def generate(config: WorldConfig, skill: str, split: str, n: int) -> list[Task]:
         else:
             chain = sample_chain(rng, level)
         source = render(chain)
-        if not v2 and split_of(source) != split:
+        if not stratified and split_of(source) != split:
             continue
         fn = compile_function(source)
         cases = make_cases(fn, chain[0].op.src, rng, level, config.n_tests) if fn else None
@@ -192,7 +192,7 @@ def generate(config: WorldConfig, skill: str, split: str, n: int) -> list[Task]:
             continue
         meta = {"split": split, "seed": config.seed, "difficulty": config.difficulty, "n_ops": len(chain),
                 "ops": [step.op.name for step in chain], "function": source}
-        if v2:
+        if stratified:
             meta.update(version=config.version, shape=shape_of(chain))
         task = BUILDERS[skill](build_function(chain, cases), rng, task_id=f"world/{skill}/{split}/{len(tasks)}",
                                skill=skill, source="world", timeout_s=config.timeout_s,
