@@ -26,6 +26,8 @@ a third of them do, and the rows cost a third of what they cost in a run). Varia
                projected out of the protected activation subspaces first; the subspaces' build (one
                forward + backward over each protected memory, once per phase) is timed apart and
                amortised over a phase (--phase_steps)
+  act b4       pll-2 act with batch_prompts = 4; act/k the same with rows_every = --rows_every (the cost
+               options of the default, session 10): amortised as the default, act/k as pll-2/k
 
 The default's update is amortised as t_act + (t_diag - t_pll) / d, d = diagnostics_every ("rows only",
 the default before session 8: (t_diag + (d-1) t_pll) / d; the other prompt_ll variants get the same
@@ -140,14 +142,16 @@ def main() -> None:
         mean_layer = new_layer(constraint="skill_mean", budget="step", eps_mode="relative", eps=0.0)
         pll, b4 = new_layer(act_subspace="off"), new_layer(act_subspace="off", batch_prompts=4)
         act = new_layer(act_subspace="both")
+        act_b4, act_k = new_layer(act_subspace="both", batch_prompts=4), new_layer(act_subspace="both", rows_every=k)
         reuse = {j: new_layer(act_subspace="off", rows_every=j) for j in (2, k)}
         sizes = {"skill_mean": fill(mean_layer, safe.policy, sb, 1), "prompt_ll": fill(pll, safe.policy, sb, args.fills)}
-        for other in (b4, act, *reuse.values()):
+        for other in (b4, act, act_b4, act_k, *reuse.values()):
             other.answer_memories = pll.answer_memories
         refresh_s = {"skill_mean": [], "prompt_ll": []}
         # name -> (layer, step number: 1 is not a diagnostic step, 0 is)
         variants = {"safe-2": (mean_layer, 1), "pll-2": (pll, 1), "pll-2+diag": (pll, 0), "pll-2 b4": (b4, 1),
-                    "pll-2 act": (act, 1), **{f"pll-2/{j}": (layer, 1) for j, layer in reuse.items()}}
+                    "pll-2 act": (act, 1), **{f"pll-2/{j}": (layer, 1) for j, layer in reuse.items()},
+                    "act b4": (act_b4, 1), f"act/{k}": (act_k, 1)}
         build_s = []
 
         def update(name: str) -> float:
@@ -182,13 +186,14 @@ def main() -> None:
                 dt = update(name)
                 times[name].append(dt)
                 print(f"round {r + 1}: {name:10s} update {dt:.3f} s", flush=True)
-            act.act = None                                   # the subspaces' build at a phase start
+            act.act = act.act_bases = None                   # the subspaces' build at a phase start
             t0 = time.perf_counter()
             act._act_projection(safe.policy, params, SKILLS)
             build_s.append(time.perf_counter() - t0)
             print(f"round {r + 1}: subspaces of 2 skills built in {build_s[-1]:.2f} s", flush=True)
             refresh_s["skill_mean"].append(time_refresh(mean_layer, safe.policy, sb, params))
-            refresh_s["prompt_ll"].append(time_refresh(pll, safe.policy, sb, params, (b4, act, *reuse.values())))
+            refresh_s["prompt_ll"].append(time_refresh(pll, safe.policy, sb, params,
+                                                       (b4, act, act_b4, act_k, *reuse.values())))
             print(f"round {r + 1}: refresh of 2 memories: " + ", ".join(f"{c} {v[-1]:.2f} s" for c, v in refresh_s.items()),
                   flush=True)
 
@@ -199,6 +204,8 @@ def main() -> None:
         out["pll-2 b4"] = v["pll-2 b4"] + (v["pll-2+diag"] - v["pll-2"]) / d
         out["rows only"] = (v["pll-2+diag"] + (d - 1) * v["pll-2"]) / d     # diagnostics every d steps
         out["default"] = v["pll-2 act"] + (v["pll-2+diag"] - v["pll-2"]) / d  # the default: + the subspaces
+        out["default b4"] = v["act b4"] + (v["pll-2+diag"] - v["pll-2"]) / d
+        out[f"default /{k}"] = (v["pll-2 act"] + (k - 1) * v[f"act/{k}"]) / k + (v["pll-2+diag"] - v["pll-2"]) / d
         return out
     med = amortise({n: statistics.median(v) for n, v in times.items()})
     low = amortise({n: min(v) for n, v in times.items()})

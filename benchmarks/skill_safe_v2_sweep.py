@@ -104,6 +104,10 @@ SAFE_VARIANTS = {
     # session 9: the subspace one-sided (a layer whose removed part helps every protected skill keeps it)
     "pll-phase-0.02-act-0.7-os": ["safety.constraint=prompt_ll", "safety.budget=phase", *_ABS, "safety.eps=0.02",
                                   "safety.act_subspace=both", "safety.act_energy=0.7", "safety.act_one_sided=true"],
+    # session 10: the default's cost options, 4 constraint prompts per skill per step / rows every 5th step
+    **{f"pll-phase-0.02-act-0.7-{tag}": ["safety.constraint=prompt_ll", "safety.budget=phase", *_ABS, "safety.eps=0.02",
+                                         "safety.act_subspace=both", "safety.act_energy=0.7", opt]
+       for tag, opt in (("b4", "safety.batch_prompts=4"), ("r5", "safety.rows_every=5"))},
     # the trust region alone (eps = 1 per step never binds): |J_p - J_p(phase start)| <= sqrt(2 delta) to
     # second order, two-sided; delta 0.0002 gives the radius 0.02 of pll-phase-0.02's one-sided budget
     **{f"trust-{d}": ["safety.constraint=prompt_ll", *_STEP, *_ABS, "safety.eps=1.0", f"safety.trust_region={d}"]

@@ -182,10 +182,14 @@ def policy_and_answers():
     return policy, answers
 
 
-def test_per_prompt_rows_batched_equal_one_at_a_time(policy_and_answers):
+@pytest.mark.parametrize("overhead", [0, 64])
+def test_per_prompt_rows_batched_equal_one_at_a_time(policy_and_answers, monkeypatch, overhead):
+    """overhead 0: a bucket per row length, so the hooks pair several forward calls with one backward."""
     from retainrl.policy.rollout import completion_logprobs
     from retainrl.parallel import flat_grad
+    from retainrl.safety import estimates
 
+    monkeypatch.setattr(estimates, "BUCKET_OVERHEAD_TOKENS", overhead)
     policy, answers = policy_and_answers
     params = policy.trainable_parameters()
     from retainrl.safety.estimates import _linear_modules
@@ -211,30 +215,66 @@ def test_per_prompt_rows_batched_equal_one_at_a_time(policy_and_answers):
     assert torch.allclose(answer_loglik(policy, answers[1:]).double(), J[1:], atol=1e-5)
 
 
-def test_trim_padding_by_hand_and_log_probs_unchanged(policy_and_answers):
-    from retainrl.policy.rollout import Rollout, completion_logprobs
-    from retainrl.safety.estimates import trim_padding
+def test_bucket_sizes_by_hand():
+    from retainrl.safety.estimates import bucket_sizes
+
+    # overhead 4: one bucket 4 x 10 + 4 = 44; [10, 9] [3, 2]: 20 + 6 + 8 = 34; three buckets: 37
+    assert bucket_sizes([10, 9, 3, 2], overhead=4) == [2, 2]
+    assert bucket_sizes([10, 9, 3, 2], overhead=100) == [4]
+    assert bucket_sizes([10, 9, 3, 2], overhead=0) == [1, 1, 1, 1]
+    assert bucket_sizes([5, 5], overhead=0) == [2]             # a tie keeps the fewer calls
+    assert bucket_sizes([], overhead=4) == []
+    with pytest.raises(ValueError, match="sorted longest first"):
+        bucket_sizes([2, 3])
+
+
+def test_pack_rows_by_hand():
+    from retainrl.policy.rollout import Rollout
+    from retainrl.safety.estimates import pack_rows
 
     r = Rollout(torch.tensor([[0, 0, 5, 6], [0, 0, 0, 7]]), torch.tensor([[0, 0, 1, 1], [0, 0, 0, 1]]),
                 torch.tensor([[8, 9, 0, 0], [8, 0, 0, 0]]), torch.tensor([[1, 1, 0, 0], [1, 0, 0, 0]]),
                 ["a", "b"], [0, 0], 1)
-    t = trim_padding(r)
-    assert t.prompt_ids.tolist() == [[5, 6], [0, 7]] and t.prompt_mask.tolist() == [[1, 1], [0, 1]]
-    assert t.completion_ids.tolist() == [[8, 9], [8, 0]] and t.completion_mask.tolist() == [[1, 1], [1, 0]]
-    assert trim_padding(t) is t                         # nothing left to drop
-    policy, answers = policy_and_answers               # widened by padding columns: the same log-probs
+    s = Rollout(torch.tensor([[3, 4, 5]]), torch.tensor([[1, 1, 1]]), torch.tensor([[6, 2, 2]]),
+                torch.tensor([[1, 1, 1]]), ["c"], [1], 1)
+    one = pack_rows([r, s], overhead=100)                       # lengths 4, 2, 6: one bucket, longest first
+    assert one.order.tolist() == [2, 0, 1] and len(one.buckets) == 1
+    ids, mask, target = one.buckets[0]
+    assert ids.tolist() == [[3, 4, 5, 6, 2, 2], [5, 6, 8, 9, 0, 0], [7, 8, 0, 0, 0, 0]]
+    assert mask.tolist() == [[1] * 6, [1, 1, 1, 1, 0, 0], [1, 1, 0, 0, 0, 0]]
+    assert target.long().tolist() == [[0, 0, 0, 1, 1, 1], [0, 0, 1, 1, 0, 0], [0, 1, 0, 0, 0, 0]]
+    many = pack_rows([r, s], overhead=0)                        # one bucket per length, each as wide as it needs
+    assert many.order.tolist() == [2, 0, 1] and [b[0].shape for b in many.buckets] == [(1, 6), (1, 4), (1, 2)]
+    empty = Rollout(torch.tensor([[0]]), torch.tensor([[0]]), torch.tensor([[8]]), torch.tensor([[1]]), ["d"], [0], 1)
+    with pytest.raises(ValueError, match="empty prompt"):
+        pack_rows([empty])
+
+
+@pytest.mark.parametrize("overhead", [0, 64])
+def test_packed_log_likelihoods_equal_the_stored_layout(policy_and_answers, monkeypatch, overhead):
+    """Packing (padding dropped, rows regrouped; overhead 0: a bucket per length) changes no
+    log-likelihood: each row's equals completion_logprobs on the row as stored, and on the row
+    widened by extra padding columns on both sides."""
+    from retainrl.policy.rollout import Rollout, completion_logprobs
+    from retainrl.safety import estimates
+
+    policy, answers = policy_and_answers
     pad = torch.nn.functional.pad
-    a = answers[2]
+    a = answers[0]
     wide = Rollout(pad(a.prompt_ids, (3, 0)), pad(a.prompt_mask, (3, 0)), pad(a.completion_ids, (0, 5)),
                    pad(a.completion_mask, (0, 5)), a.texts, a.task_index, 1)
-    back = trim_padding(wide)
-    assert back.prompt_ids.shape[1] <= a.prompt_ids.shape[1]
-    lp_wide = completion_logprobs(policy, wide)[0][:, :a.completion_ids.shape[1]]
-    lp_back = completion_logprobs(policy, back)[0]
-    T = back.completion_ids.shape[1]
-    assert T <= a.completion_ids.shape[1]
-    m = back.completion_mask.bool()
-    assert torch.allclose(lp_wide[:, :T][m], lp_back[m], atol=1e-5)
+    parts = [wide, *answers[1:]]
+    monkeypatch.setattr(estimates, "BUCKET_OVERHEAD_TOKENS", overhead)
+    packed = estimates.pack_rows(parts)
+    assert overhead or len(packed.buckets) > 1
+    with torch.no_grad():
+        got = estimates.packed_logliks(policy, packed)
+        want = []
+        for r in answers:
+            lp, _, _ = completion_logprobs(policy, r)
+            m = r.completion_mask.float()
+            want += ((lp * m).sum(-1) / m.sum(-1)).tolist()
+    assert torch.allclose(got, torch.tensor(want)[packed.order], atol=1e-5)
 
 
 def test_repeated_answers_run_once_and_weigh_by_count(policy_and_answers, monkeypatch):
@@ -254,14 +294,16 @@ def test_repeated_answers_run_once_and_weigh_by_count(policy_and_answers, monkey
     parts, owner, weight = distinct_rows(rep)
     assert owner.tolist() == [0, 0, 1, 2, 2] and weight.tolist() == [3.0, 1.0, 2.0, 1.0, 1.0]
     seen = []
-    real = rollout_mod.completion_logprobs
+    real_pack = estimates.pack_rows
 
-    def counting(policy, batch, *a, **kw):
-        seen.append(batch.completion_ids.shape[0])
-        return real(policy, batch, *a, **kw)
-    monkeypatch.setattr(estimates, "completion_logprobs", counting)
+    def counting(parts, *a, **kw):
+        packed = real_pack(parts, *a, **kw)
+        seen.append(sum(b[0].shape[0] for b in packed.buckets))
+        return packed
+    monkeypatch.setattr(estimates, "pack_rows", counting)
     J, G = per_prompt_values_and_grads(policy, params, rep)
     assert seen == [5]                                 # 5 distinct rows of the 8 stored answers
+    real = rollout_mod.completion_logprobs
     for i, a in enumerate(rep):                        # by hand: the plain mean over all stored answers
         for q in params:
             q.grad = None
@@ -289,10 +331,10 @@ def test_several_memories_in_one_pass_equal_each_alone(policy_and_answers, monke
     picks = [(mems[0], [1, 0]), (stand_in, [1]), (mems[1], [0, 1]), (mems[0], [])]
     alone = [mems[0].values_and_grads(policy, params, [1, 0]), None, mems[1].values_and_grads(policy, params, [0, 1])]
     calls = []
-    real = estimates.completion_logprobs
-    monkeypatch.setattr(estimates, "completion_logprobs", lambda *a, **kw: calls.append(1) or real(*a, **kw))
+    real = estimates.packed_logliks
+    monkeypatch.setattr(estimates, "packed_logliks", lambda *a, **kw: calls.append(1) or real(*a, **kw))
     together = estimates.values_and_grads_many(policy, params, picks)
-    assert len(calls) == 1                                     # one forward for both real memories
+    assert len(calls) == 1                                     # one pass for both real memories
     for i in (0, 2):
         assert torch.allclose(together[i][0], alone[i][0], atol=1e-5)
         assert torch.allclose(together[i][1], alone[i][1], atol=1e-5, rtol=1e-4)

@@ -151,9 +151,9 @@ def _answer_run(rank: int, world: int, port: int, q, n_prompts: int = 5):
     policy, layer = _answer_layer(n_prompts)
     params = policy.trainable_parameters()
     rows = []
-    real = estimates.completion_logprobs
-    estimates.completion_logprobs = lambda pol, batch, *a, **kw: rows.append(batch.completion_ids.shape[0]) or \
-        real(pol, batch, *a, **kw)
+    real = estimates.packed_logliks
+    estimates.packed_logliks = lambda pol, packed, *a, **kw: rows.append(int(packed.order.numel())) or \
+        real(pol, packed, *a, **kw)
     opt = torch.optim.SGD(params, lr=0.5)
     gen = torch.Generator().manual_seed(1)
     metrics = []

@@ -136,7 +136,12 @@ def policy_and_answers():
     return fixture.__wrapped__()
 
 
-def test_covariances_weigh_prompts_not_rows_and_ignore_padding(policy_and_answers):
+@pytest.mark.parametrize("overhead", [0, 64])
+def test_covariances_weigh_prompts_not_rows_and_ignore_padding(policy_and_answers, monkeypatch, overhead):
+    """overhead 0: the answers in a bucket per row length (several forward calls, one backward)."""
+    from retainrl.safety import estimates
+
+    monkeypatch.setattr(estimates, "BUCKET_OVERHEAD_TOKENS", overhead)
     policy, answers = policy_and_answers
     mods = lora_modules(policy.model)
     assert mods and all(A.weight.shape[0] == B.weight.shape[1] for A, B in mods.values())

@@ -31,13 +31,15 @@ hookable linear weight, P backward passes through the same graph instead (measur
 bundled model, 12 prompts x 4 answers x 48 tokens, one CPU thread: loop 5.9 s, autograd's
 vmap over the P cotangents 10.2 s, one plain backward 0.9 s).
 
-Cost: the pass costs what its tokens cost, so the batch holds only what changes J. Repeated
-answers of one prompt are one row weighted by their count (`distinct_rows`; J_p is then a weighted
-mean, the same number), columns that are padding in every row of a prompt's answers are dropped
-(`trim_padding`; positions come from the attention mask), and every protected skill's prompts go
-into one pass (`values_and_grads_many`, `values_many`). On a trained run's memory (2026-12-01,
-session 7: 10 + 7 prompts, 43 stored answers of widths 96 + 64) this took the rows from 2.0 s to
-0.77 s.
+Cost: the pass costs what its tokens cost, padding included, so the batch holds only what changes
+J. Repeated answers of one prompt are one row weighted by their count (`distinct_rows`; J_p is then a
+weighted mean, the same number), every row is its real prompt and completion tokens side by side,
+right-padded, in buckets of similar length (`pack_rows`; positions come from the attention mask, so
+the log-probs are those of the stored layout), and every protected skill's prompts go into one pass
+(`values_and_grads_many`, `values_many`). On a trained run's memory (2026-12-01, session 7: 10 + 7
+prompts, 43 stored answers of widths 96 + 64) the first and last took the rows from 2.0 s to 0.77 s;
+packing (2026-12-02, session 10) takes the default's 16-prompt pass from 2,414 token positions (56%
+real) to about the real tokens.
 """
 
 from __future__ import annotations
@@ -48,44 +50,99 @@ import random
 import torch
 
 from retainrl.parallel import all_gather_objects, all_sum, is_active, my_share
+from retainrl.policy.model import token_logprobs
 from retainrl.policy.rollout import Rollout, SamplingConfig, completion_logprobs, generate
 from retainrl.rl.advantages import grpo_advantages
 from retainrl.rl.losses import aggregate
 from retainrl.verify.checks import verify_many
 
 
-def trim_padding(r: Rollout) -> Rollout:
-    """The rollout without its all-padding columns (prompt: on the left, completion: on the right).
-
-    A stored answer keeps the widths of the refresh batch it was sampled in (the widest prompt,
-    max_new_tokens); positions come from the attention mask, so dropping columns that are padding
-    in every row leaves every log-prob unchanged and saves their compute (on the bundled model's
-    answer memories about 40% of the tokens of a row were such padding)."""
-    pm, cm = r.prompt_mask.bool(), r.completion_mask.bool()
-    keep_p, keep_c = pm.any(0).nonzero(), cm.any(0).nonzero()
-    # at least one prompt column stays (the completion's first token is predicted from it)
-    start = min(int(keep_p[0]), pm.shape[1] - 1) if keep_p.numel() else 0
-    end = int(keep_c[-1]) + 1 if keep_c.numel() else cm.shape[1]
-    if start == 0 and end == cm.shape[1]:
-        return r
-    return dataclasses.replace(r, prompt_ids=r.prompt_ids[:, start:], prompt_mask=r.prompt_mask[:, start:],
-                               completion_ids=r.completion_ids[:, :end], completion_mask=r.completion_mask[:, :end],
-                               old_logprobs=None if r.old_logprobs is None else r.old_logprobs[:, :end])
+# Each answer row costs what its tokens cost, padding included, and each forward + backward call
+# about as much as this many tokens besides (measured on the bundled model, 2 CPU threads, 2026-12-02
+# session 10: ~0.17 ms a token, ~15 ms a call; docs/LOG.md). `pack_rows` opens a new bucket only where
+# it saves more padding than that.
+BUCKET_OVERHEAD_TOKENS = 96
 
 
-def cat_rollouts(parts: list[Rollout]) -> Rollout:
-    """Rows of several rollouts as one (group size 1, temperature 1): each part's all-padding
-    columns dropped (`trim_padding`), then prompts left-padded and completions right-padded to the
-    widest, padding masked out (pad id 0: never attended to)."""
-    parts = [trim_padding(r) for r in parts]
-    P = max(r.prompt_ids.shape[1] for r in parts)
-    T = max(r.completion_ids.shape[1] for r in parts)
-    pad = torch.nn.functional.pad
-    return Rollout(torch.cat([pad(r.prompt_ids, (P - r.prompt_ids.shape[1], 0)) for r in parts]),
-                   torch.cat([pad(r.prompt_mask, (P - r.prompt_mask.shape[1], 0)) for r in parts]),
-                   torch.cat([pad(r.completion_ids, (0, T - r.completion_ids.shape[1])) for r in parts]),
-                   torch.cat([pad(r.completion_mask, (0, T - r.completion_mask.shape[1])) for r in parts]),
-                   [t for r in parts for t in r.texts], [i for r in parts for i in r.task_index], 1)
+def bucket_sizes(lengths: list[int], overhead: int = BUCKET_OVERHEAD_TOKENS) -> list[int]:
+    """Split rows of `lengths` (sorted longest first) into consecutive buckets, one forward each,
+    minimising sum over buckets of (rows x the bucket's longest row) + overhead x (number of buckets):
+    the padded tokens plus a per-call cost. Exact (dynamic programme over the split points, O(N^2)).
+    Returns the bucket sizes in order (they sum to len(lengths))."""
+    if any(a < b for a, b in zip(lengths, lengths[1:])):
+        raise ValueError("bucket_sizes: lengths must be sorted longest first")
+    n = len(lengths)
+    best, cut = [0.0] + [float("inf")] * n, [0] * (n + 1)
+    for j in range(1, n + 1):            # best[j]: the cheapest split of the first j rows
+        for i in range(j):               # the last bucket is rows i..j-1, as wide as row i
+            c = best[i] + (j - i) * lengths[i] + overhead
+            if c < best[j]:
+                best[j], cut[j] = c, i
+    sizes, j = [], n
+    while j > 0:
+        sizes.append(j - cut[j])
+        j = cut[j]
+    return sizes[::-1]
+
+
+@dataclasses.dataclass
+class PackedRows:
+    """Answer rows laid out for the policy: each row's real prompt and completion tokens side by
+    side (every padding position of the stored rollout dropped), right-padded with id 0 (mask 0),
+    rows sorted longest first into buckets of similar length (`bucket_sizes`), one forward each.
+
+    buckets: per bucket (ids (n_b, L_b) long, mask (n_b, L_b) long, target (n_b, L_b) bool: the
+    completion tokens, each predicted by the position before it); order (N,) long: the input row
+    of each packed row, bucket after bucket."""
+    buckets: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
+    order: torch.Tensor
+
+
+def pack_rows(parts: list[Rollout], overhead: int | None = None) -> PackedRows:
+    """The rows of `parts` (in order: part 0's rows, then part 1's, ...) packed (`PackedRows`);
+    overhead: bucket_sizes' per-call cost in tokens (None: BUCKET_OVERHEAD_TOKENS).
+
+    Positions come from the attention mask (`Policy.forward`) and a causal model never attends to
+    a masked position, so every completion log-prob is the one of the stored rollout's own layout;
+    a stored answer keeps the widths of the refresh batch it was sampled in (the widest prompt,
+    max_new_tokens), so on the bundled model's memories about 45% of such a layout is padding."""
+    seqs, n_prompt = [], []
+    for r in parts:
+        for i in range(r.prompt_ids.shape[0]):
+            p = r.prompt_ids[i][r.prompt_mask[i].bool()]
+            if p.numel() == 0:
+                raise ValueError("pack_rows: an answer row with an empty prompt (nothing predicts its first token)")
+            seqs.append(torch.cat([p, r.completion_ids[i][r.completion_mask[i].bool()]]))
+            n_prompt.append(p.numel())
+    lengths = torch.tensor([s.numel() for s in seqs], dtype=torch.long)
+    order = torch.sort(lengths, descending=True, stable=True).indices
+    buckets, at = [], 0
+    for n in bucket_sizes(lengths[order].tolist(), BUCKET_OVERHEAD_TOKENS if overhead is None else overhead):
+        rows = order[at:at + n].tolist()
+        at += n
+        L = int(lengths[rows[0]])
+        ids = torch.zeros(n, L, dtype=torch.long)
+        mask = torch.zeros(n, L, dtype=torch.long)
+        target = torch.zeros(n, L, dtype=torch.bool)
+        for k, i in enumerate(rows):
+            m = seqs[i].numel()
+            ids[k, :m], mask[k, :m] = seqs[i], 1
+            target[k, n_prompt[i]:m] = True
+        buckets.append((ids, mask, target))
+    return PackedRows(buckets, order)
+
+
+def packed_logliks(policy, packed: PackedRows) -> torch.Tensor:
+    """(N,) with graph: per packed row (in `packed.order`'s order) the token-mean log-likelihood of
+    its completion at temperature 1 (0 for an empty completion). One forward per bucket."""
+    out = []
+    for ids, mask, target in packed.buckets:
+        ids, mask, target = ids.to(policy.device), mask.to(policy.device), target.to(policy.device)
+        logits, _ = policy.forward(ids, mask)
+        lp = token_logprobs(logits[:, :-1], ids[:, 1:])                       # (n_b, L_b - 1)
+        t = target[:, 1:].to(lp.dtype)
+        out.append((lp * t).sum(-1) / t.sum(-1).clamp(min=1))
+    return torch.cat(out)
 
 
 def distinct_rows(answers: list[Rollout]) -> tuple[list[Rollout], torch.Tensor, torch.Tensor]:
@@ -114,17 +171,16 @@ def distinct_rows(answers: list[Rollout]) -> tuple[list[Rollout], torch.Tensor, 
     return parts, torch.tensor(owner, dtype=torch.long), torch.tensor(weight, dtype=torch.float32)
 
 
-def _answer_loglik(policy, answers: list[Rollout]) -> tuple[torch.Tensor, torch.Tensor]:
-    """(J (P,) with graph, owner (N,): the prompt of each row of the one batched forward)."""
+def _answer_loglik(policy, answers: list[Rollout]):
+    """(J (P,) with graph, owner (N,) and weight (N,): the prompt of each packed row and how many
+    stored answers it stands for, in the packed order, PackedRows of the pass)."""
     parts, owner, weight = distinct_rows(answers)
-    batch = cat_rollouts(parts)
-    lp, _, _ = completion_logprobs(policy, batch)                              # (N, T)
-    mask = batch.completion_mask.to(lp.device).to(lp.dtype)
-    per_row = (lp * mask).sum(-1) / mask.sum(-1).clamp(min=1)                  # (N,)
-    owner, weight = owner.to(lp.device), weight.to(lp.device).to(per_row.dtype)
-    total = torch.zeros(len(answers), dtype=per_row.dtype, device=lp.device)
+    packed = pack_rows(parts)
+    per_row = packed_logliks(policy, packed)                                   # (N,)
+    owner, weight = owner[packed.order].to(per_row.device), weight[packed.order].to(per_row.device, per_row.dtype)
+    total = torch.zeros(len(answers), dtype=per_row.dtype, device=per_row.device)
     J = total.index_add(0, owner, per_row * weight) / total.index_add(0, owner, weight)
-    return J, owner
+    return J, owner, weight, packed
 
 
 def answer_loglik(policy, answers: list[Rollout]) -> torch.Tensor:
@@ -147,18 +203,20 @@ def _linear_modules(model, params) -> list | None:
 
 
 def _per_prompt_by_hooks(policy, params, answers: list[Rollout], mods: list):
-    """J (P,) and per-prompt gradients from one forward and one backward (linear weights only)."""
-    seen: dict[int, list] = {id(m): [] for m in mods}
-    grads_out: dict[int, list] = {id(m): [] for m in mods}
+    """J (P,) and per-prompt gradients from one forward per bucket and one backward (linear
+    weights only)."""
+    seen: dict[int, list] = {id(m): [] for m in mods}           # a module's inputs, one per forward call
+    grads_out: dict[int, dict] = {id(m): {} for m in mods}      # call -> its output's gradient
 
     def fwd(module, inputs, output):
-        seen[id(module)].append(inputs[0].detach())
-        output.register_hook(lambda g, k=id(module): grads_out[k].append(g.detach()))
+        calls = seen[id(module)]
+        calls.append(inputs[0].detach())
+        output.register_hook(lambda g, k=id(module), i=len(calls) - 1: grads_out[k].__setitem__(i, g.detach()))
 
     handles = [m.register_forward_hook(fwd) for m in {id(m): m for m in mods}.values()]
     try:
-        J, owner = _answer_loglik(policy, answers)
-        if any(len(v) != 1 for v in seen.values()):  # a layer used twice (or never): no row pairing
+        J, owner, _, packed = _answer_loglik(policy, answers)
+        if any(len(v) != len(packed.buckets) for v in seen.values()):  # a layer used twice (or never) a call
             return J, None
         J.sum().backward(inputs=list(params))
     finally:
@@ -166,15 +224,18 @@ def _per_prompt_by_hooks(policy, params, answers: list[Rollout], mods: list):
             h.remove()
     out = []
     for m in mods:
-        if len(grads_out[id(m)]) != 1:  # no gradient reached this layer: zeros
-            out.append(torch.zeros(len(answers), m.weight.numel(), device=m.weight.device))
-            continue
-        x, dy = seen[id(m)][0], grads_out[id(m)][0]
-        B = x.shape[0]
-        x, dy = x.reshape(B, -1, x.shape[-1]).float(), dy.reshape(B, -1, dy.shape[-1]).float()
-        per_row = torch.einsum("bto,bti->boi", dy, x)                       # (B, out, in): row gradients
-        per_prompt = torch.zeros(len(answers), *per_row.shape[1:], device=per_row.device)
-        per_prompt.index_add_(0, owner.to(per_row.device), per_row)
+        per_row = []
+        for i, x in enumerate(seen[id(m)]):
+            B = x.shape[0]
+            dy = grads_out[id(m)].get(i)
+            if dy is None:   # no gradient reached this layer in this call: zeros
+                per_row.append(torch.zeros(B, *m.weight.shape, device=m.weight.device))
+                continue
+            x, dy = x.reshape(B, -1, x.shape[-1]).float(), dy.reshape(B, -1, dy.shape[-1]).float()
+            per_row.append(torch.einsum("bto,bti->boi", dy, x))          # (B, out, in): row gradients
+        rows = torch.cat(per_row)
+        per_prompt = torch.zeros(len(answers), *rows.shape[1:], device=rows.device)
+        per_prompt.index_add_(0, owner.to(rows.device), rows)
         out.append(per_prompt.reshape(len(answers), -1))
     return J, out
 

@@ -38,7 +38,7 @@ from __future__ import annotations
 import torch
 
 from retainrl.parallel import all_sum_tensor, is_active, my_share
-from retainrl.safety.estimates import _answer_loglik, cat_rollouts, distinct_rows
+from retainrl.safety.estimates import _answer_loglik
 
 
 def lora_modules(model) -> dict[str, tuple]:
@@ -55,20 +55,18 @@ def lora_modules(model) -> dict[str, tuple]:
 def covariances(policy, answers: list, mods: dict[str, tuple]) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
     """name -> (C_x (n_in, n_in), C_g (n_out, n_out)) float64 over `answers` (one Rollout per
     prompt): sum over non-padding positions of x x^T (each prompt weighing 1, its distinct rows by
-    count) and of dy dy^T, dy the gradient of sum_p J_p at lora_B's output. Runs one forward and one
-    backward; leaves the parameters' .grad as it found them."""
-    parts, owner, weight = distinct_rows(answers)
-    _, mask = cat_rollouts(parts).full()                  # the batch _answer_loglik builds, same order
-    per_prompt = torch.zeros(len(answers)).index_add(0, owner, weight)
-    row_w = (weight / per_prompt[owner]).double()
-    xs: dict[str, torch.Tensor] = {}
-    gs: dict[str, torch.Tensor] = {}
+    count) and of dy dy^T, dy the gradient of sum_p J_p at lora_B's output. Runs one forward per bucket
+    of rows (estimates.pack_rows) and one backward; leaves the parameters' .grad as it found them."""
+    xs: dict[str, list] = {name: [] for name in mods}      # per forward call (one per bucket of rows)
+    gs: dict[str, dict] = {name: {} for name in mods}      # forward call -> dy of that call
+    calls = {name: 0 for name in mods}
 
     def on_input(module, inputs, output, key):
-        xs[key] = inputs[0].detach()
+        xs[key].append(inputs[0].detach())
 
     def on_output(module, inputs, output, key):          # returns None: the output is left as it is
-        output.register_hook(lambda g: gs.__setitem__(key, g.detach()))
+        calls[key] += 1
+        output.register_hook(lambda g, i=calls[key] - 1: gs[key].__setitem__(i, g.detach()))
 
     handles = []
     for name, (A, B) in mods.items():
@@ -76,18 +74,26 @@ def covariances(policy, answers: list, mods: dict[str, tuple]) -> dict[str, tupl
         handles.append(B.register_forward_hook(lambda m, i, o, k=name: on_output(m, i, o, k)))
     leaves = [B.weight for _, B in mods.values()]
     try:
-        J, _ = _answer_loglik(policy, answers)
+        J, owner, weight, packed = _answer_loglik(policy, answers)
         torch.autograd.grad(J.sum(), leaves, allow_unused=True)  # fires the output hooks; no .grad written
     finally:
         for h in handles:
             h.remove()
-    w = (mask.double() * row_w[:, None]).reshape(-1).to(J.device)   # (B*T,) position weights
+    per_prompt = torch.zeros(len(answers), dtype=weight.dtype, device=weight.device).index_add(0, owner, weight)
+    row_w = (weight / per_prompt[owner]).double()       # each prompt's rows weigh 1 in total, by count
     out = {}
     for name in mods:
-        x = xs[name].double().reshape(-1, xs[name].shape[-1])
-        g = gs[name].double().reshape(-1, gs[name].shape[-1]) if name in gs else \
-            torch.zeros(x.shape[0], mods[name][1].weight.shape[0], dtype=torch.float64, device=x.device)
-        out[name] = ((x * w[:, None]).T @ x, g.T @ g)
+        n_out = mods[name][1].weight.shape[0]
+        C_x, C_g, at = 0.0, 0.0, 0
+        for i, (x, (_, mask, _)) in enumerate(zip(xs[name], packed.buckets)):
+            n = mask.shape[0]
+            w = (mask.double().to(x.device) * row_w[at:at + n, None].to(x.device)).reshape(-1)   # position weights
+            at += n
+            x = x.double().reshape(-1, x.shape[-1])
+            g = gs[name][i].double().reshape(-1, n_out) if i in gs[name] else \
+                torch.zeros(x.shape[0], n_out, dtype=torch.float64, device=x.device)
+            C_x, C_g = C_x + (x * w[:, None]).T @ x, C_g + g.T @ g
+        out[name] = (C_x, C_g)
     return out
 
 
