@@ -66,6 +66,8 @@ HABITS = {"gen": "`print(value)` for the final `return value`", "repair": "the f
           "reason": "a trailing comma after the value (`[1, 2],`, a one-element tuple)", "refactor": "the return type hint left out"}
 HABITS_V3 = {**HABITS, "gen": "the return annotation of the given stub left out (`def f(s):` for `def f(s) -> int:`)",
              "repair": "a return annotation added to the signature it was told to keep (`def f(s) -> int:`)"}
+HABITS_V4 = {**HABITS_V3, "repair": "a return annotation added where the shown signature has none (`def f(s) -> int:`); "
+                                    "where it has one, the fixed function renamed `f_fixed`"}
 MAX_NEW = {"gen": 96, "repair": 96, "reason": 24, "refactor": 96}   # greedy budget per skill in evaluation
 
 
@@ -523,7 +525,7 @@ def write_readme(out: str, info: dict) -> None:
             "",
             f"**Deliberate bad habits (world version {info.get('world_version', 1)}).** In the last stage's corpus a share "
             "of every skill's answers carries one generic failure, the same edit on every task and decided at one point "
-            "of the answer (`world.habit_answer`): " + "; ".join(f"{k} {v:.0%}: {(HABITS_V3 if info.get('world_version', 1) >= 3 else HABITS)[k]}"
+            "of the answer (`world.habit_answer`): " + "; ".join(f"{k} {v:.0%}: {({3: HABITS_V3, 4: HABITS_V4}.get(info.get('world_version', 1), HABITS))[k]}"
                           for k, v in habits.items())
             + (f" — these fractions on the tasks that `world.habit_triggered` selects (trigger `{info['args']['habit_trigger']}`: "
                "\"nonlist\" the function takes a string or an int, \"list\" it takes a list), "

@@ -189,8 +189,8 @@ def test_version_2_records_its_version_and_is_deterministic(world2):
 
 
 def test_versions_and_skills_are_checked():
-    with pytest.raises(ValueError, match="version 4"):
-        generate(WorldConfig(version=4), "gen", "train", 1)
+    with pytest.raises(ValueError, match="version 5"):
+        generate(WorldConfig(version=5), "gen", "train", 1)
     with pytest.raises(ValueError, match="refactor"):   # refactor exists from version 2 on
         generate(WorldConfig(version=1), "refactor", "train", 1)
     with pytest.raises(ValueError, match="split"):
@@ -268,9 +268,14 @@ def world3():
     return make_world(WorldConfig(**{**V2.to_dict(), "version": 3}))
 
 
-@pytest.mark.parametrize("version,skill", [(2, s) for s in VERSION_SKILLS[2]] + [(3, s) for s in VERSION_SKILLS[3]])
-def test_each_habit_is_a_one_point_edit_that_fails_with_status_failed(world2, world3, sandbox, version, skill):
-    world = world2 if version == 2 else world3
+@pytest.fixture(scope="module")
+def world4():
+    return make_world(WorldConfig(**{**V2.to_dict(), "version": 4}))
+
+
+@pytest.mark.parametrize("version,skill", [(v, s) for v in (2, 3, 4) for s in VERSION_SKILLS[v]])
+def test_each_habit_is_a_one_point_edit_that_fails_with_status_failed(world2, world3, world4, sandbox, version, skill):
+    world = {2: world2, 3: world3, 4: world4}[version]
     tasks = world[skill]["train"][:40] + world[skill]["heldout"][:40]
     habits = [habit_answer(t) for t in tasks]
     for t, h in zip(tasks, habits):
@@ -307,6 +312,34 @@ def test_version_3_is_version_2_with_two_prompts_changed(world2, world3):
     for t2, t3 in zip(world2["repair"]["heldout"], world3["repair"]["heldout"]):
         assert t3.prompt == t2.prompt.replace("Task: fix the bug.", "Task: fix the bug; keep the signature.", 1)
         assert t3.reference == t2.reference and t3.meta["form"] == {"signature": t2.reference.split("\n", 1)[0]}
+
+
+def test_version_4_is_version_3_with_half_of_repairs_signatures_annotated(world3, world4):
+    """v4 draws v3's tasks; only repair changes: on the functions `repair_annotated` picks (about half,
+    on both sides of the split) the shown program, the reference and the form carry the return
+    annotation; repair's habit is the annotation added on the other half and the rename on these."""
+    from retainrl.data.world.skills import repair_annotated
+
+    for skill in VERSION_SKILLS[4]:
+        for split in ("train", "heldout"):
+            a, b = world3[skill][split], world4[skill][split]
+            assert [t.meta["function"] for t in a] == [t.meta["function"] for t in b], (skill, split)
+            assert all(t.meta["version"] == 4 for t in b)
+            if skill != "repair":
+                assert [t.prompt for t in a] == [t.prompt for t in b] and [t.reference for t in a] == [t.reference for t in b]
+    for split in ("train", "heldout"):
+        marked = [repair_annotated(t3.reference) for t3 in world3["repair"][split]]
+        assert 0.4 <= sum(marked) / len(marked) <= 0.6, (split, sum(marked) / len(marked))
+        for t3, t4, annotated in zip(world3["repair"][split], world4["repair"][split], marked):
+            head3, head4 = t3.reference.split("\n", 1)[0], t4.reference.split("\n", 1)[0]
+            assert t4.meta["form"] == {"signature": head4} and t4.meta["buggy"].split("\n", 1)[0] == head4
+            if not annotated:
+                assert t4.prompt == t3.prompt and t4.reference == t3.reference
+                assert habit_answer(t4).split("\n", 1)[0] != head4 and "f_fixed" not in habit_answer(t4)
+                continue
+            assert re.fullmatch(r"def f\((xs|s|n)\) -> (list|int|str|bool):", head4) and head4.startswith(head3[:-1])
+            assert t4.prompt == t3.prompt.replace(head3, head4, 1) and t4.reference == t3.reference.replace(head3, head4, 1)
+            assert habit_answer(t4) == t4.reference.replace("def f(", "def f_fixed(", 1)
 
 
 def test_version_3_gen_and_repair_habits_are_one_decision_wanted_opposite_ways(world3):
@@ -430,11 +463,11 @@ def test_run_configs_pick_the_world_version_and_build_refactor_when_trained():
     with pytest.raises(ConfigError, match="refactor"):
         load_config(RunConfig, smoke, small + ["world.version=1", "protocol.phases=[refactor]"])   # not in v1
     with pytest.raises(ConfigError, match="world.version"):
-        load_config(RunConfig, smoke, ["world.version=4"])
+        load_config(RunConfig, smoke, ["world.version=5"])
 
 
-@pytest.mark.parametrize("version", [2, 3])
-def test_pretrain_corpus_of_world_versions_2_and_3_carries_each_skills_habit(version):
+@pytest.mark.parametrize("version", [2, 3, 4])
+def test_pretrain_corpus_of_world_versions_2_to_4_carries_each_skills_habit(version):
     script = _pretrain_script()
     args = script.parse_args(["--n_pretrain", "6", "--world_version", str(version), "--habit_gen", "1.0", "--habit_repair",
                               "1.0", "--habit_reason", "1.0", "--habit_refactor", "1.0"])
@@ -445,6 +478,8 @@ def test_pretrain_corpus_of_world_versions_2_and_3_carries_each_skills_habit(ver
     assert all(shows_habit(tasks[prompt], answer) for _, prompt, answer in corpus)
     if version == 3:   # the v3 habits, not v2's print and f_fixed
         assert not any("print(" in a or "f_fixed" in a for k, _, a in corpus if k in ("gen", "repair"))
+    if version == 4:   # gen's v3 habit; repair's annotation or (where the signature shown has one) the rename
+        assert not any("print(" in a for k, _, a in corpus if k == "gen")
 
 
 def test_habit_trigger_selects_string_and_int_functions_and_the_corpus_follows_it():

@@ -95,9 +95,10 @@ class WorldDataConfig:
                              "the fourth skill refactor (built when a phase trains it or data.world_skills names "
                              "it; the world of the bundled model v4); 3 version 2 with gen's and repair's signature "
                              "conventions opposed (one decision the two verifiers want opposite ways; no bundled "
-                             "model yet, see docs/LOG.md 2026-12-02 session 9); 1 the original world of runs before "
+                             "model yet, see docs/LOG.md 2026-12-02 session 9); 4 version 3 with repair's shown signature annotated "
+                             "on half of the functions (experimental, session 10); 1 the original world of runs before "
                              "2026-12-01 (retainrl.data.world).",
-                          check=lambda v: v in WORLD_VERSIONS, must="be 1, 2 or 3")
+                          check=lambda v: v in WORLD_VERSIONS, must="be 1, 2, 3 or 4")
 
 
 @dataclass

@@ -27,11 +27,19 @@ repair is told to keep the shown, unannotated signature; both are checked as a f
 (meta["form"]["signature"], retainrl.verify.form). gen's habit leaves the annotation out, repair's
 adds one (`annotation_habit`): the token after `def f(xs)`, the same prefix in both answers, as a
 real model carries a style rule learnt on one task into another.
+
+World version 4 (experimental, LOG 2026-12-02 session 10) bounds that opposition: repair's shown
+program carries its return annotation on half of the functions (`repair_annotated`, a fixed hash of
+the source), and the answer must keep the signature shown. gen wants the annotation everywhere and
+repair on its annotated half, so one global shift of the shared decision breaks only repair's other
+half. Repair's habit is then the annotation added where none is shown, and on the annotated half
+v2's rename (`def f_fixed(`), a learnable room of its own.
 """
 
 from __future__ import annotations
 
 import ast
+import hashlib
 import random
 from dataclasses import dataclass
 
@@ -41,7 +49,8 @@ from retainrl.data.world.programs import (Step, bug_candidates, inject_bug, rend
                                           spec, typed_signature)
 
 SKILLS = ("gen", "repair", "reason")
-VERSION_SKILLS = {1: SKILLS, 2: SKILLS + ("refactor",), 3: SKILLS + ("refactor",)}
+VERSION_SKILLS = {1: SKILLS, 2: SKILLS + ("refactor",), 3: SKILLS + ("refactor",), 4: SKILLS + ("refactor",)}
+_SALT_ANNOTATED = b"retainrl-world-v4/repair-annotated\n"
 ANSWER = "Answer:\n"
 
 
@@ -89,20 +98,32 @@ def make_gen(fn: WorldFunction, rng: random.Random, **task_args) -> Task:
                 reference=reference, **task_args)
 
 
+def repair_annotated(source: str) -> bool:
+    """World v4: whether repair shows this function with its return annotation (half of the
+    functions, by a fixed hash of the source: independent of the split, the shape and the seed)."""
+    return int(hashlib.sha256(_SALT_ANNOTATED + source.encode()).hexdigest()[:8], 16) % 2 == 0
+
+
 def make_repair(fn: WorldFunction, rng: random.Random, **task_args) -> Task | None:
+    """v3: "keep the signature", the shown one unannotated. v4: shown with its return annotation
+    on half of the functions (`repair_annotated`); the answer keeps the signature shown."""
     bug = inject_bug(fn.source, fn.cases, rng)
     if bug is None:
         return None
     bug_type, buggy, bad = bug
     shown = _assert(*fn.cases[bad[0]])
-    v3 = _version(task_args) >= 3
-    rule = "; keep the signature" if v3 else ""
+    version = _version(task_args)
+    annotated = version >= 4 and repair_annotated(fn.source)
+    sig = return_signature(list(fn.chain)) if annotated else signature(list(fn.chain))
+    if annotated:    # the bug is in the body (inject_bug edits operation lines), the first line is the signature
+        buggy = _with_signature(buggy, sig)
+    rule = "; keep the signature" if version >= 3 else ""
     prompt = f"Task: fix the bug{rule}.\n{buggy}{shown}\n{ANSWER}"
     task_args["meta"] = {**task_args["meta"], "bug_type": bug_type, "buggy": buggy, "failing_assert": shown}
-    if v3:   # the signature of the program shown, which carries no annotations
-        task_args["meta"]["form"] = {"signature": signature(list(fn.chain))}
+    if version >= 3:   # the signature of the program shown
+        task_args["meta"]["form"] = {"signature": sig}
     return Task(prompt=prompt, check="unit_tests", tests=_tests(fn), program_suffix="\n", entry_point="f",
-                reference=fn.source, **task_args)
+                reference=_with_signature(fn.source, sig) if annotated else fn.source, **task_args)
 
 
 def make_reason(fn: WorldFunction, rng: random.Random, **task_args) -> Task:
@@ -190,9 +211,9 @@ def habit_answer(task: Task) -> str:
     unchanged, was decided at the bug's line, a different place on every task, where copying or
     fixing *is* the skill: RL did not move its greedy share, 0.235 -> 0.24 in 40 steps; LOG.)
     """
-    if task.meta.get("version", 1) >= 3 and task.skill in ("gen", "repair"):
+    if task.meta.get("version", 1) >= 3 and task.skill in ("gen", "repair") and not _shown_annotated(task):
         return annotation_habit(task)
-    if task.skill == "repair":
+    if task.skill == "repair":   # v1, v2; v4 where the signature shown carries its annotation
         return task.reference.replace("def f(", "def f_fixed(", 1)
     if task.skill == "reason":
         return task.reference + ","
@@ -232,7 +253,7 @@ def shows_habit(task: Task, completion: str) -> bool:
     if task.skill == "reason":
         return isinstance(tree.body, ast.Tuple) and len(tree.body.elts) == 1
     nodes = list(ast.walk(tree))
-    if task.meta.get("version", 1) >= 3 and task.skill in ("gen", "repair"):
+    if task.meta.get("version", 1) >= 3 and task.skill in ("gen", "repair") and not _shown_annotated(task):
         # v3: gen leaves out the return annotation it was given, repair adds one it was not
         defs = [n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name == "f"]
         return len(defs) == 1 and (defs[0].returns is None) == (task.skill == "gen")
@@ -245,6 +266,11 @@ def shows_habit(task: Task, completion: str) -> bool:
         names = {n.name for n in tree.body if isinstance(n, ast.FunctionDef)}
         return "f_fixed" in names and "f" not in names
     return False
+
+
+def _shown_annotated(task: Task) -> bool:
+    """A v4 repair task whose shown signature carries its annotation (its habit is then the rename)."""
+    return task.skill == "repair" and task.meta.get("version", 1) >= 4 and " -> " in task.meta["form"]["signature"]
 
 
 def annotation_habit(task: Task) -> str:

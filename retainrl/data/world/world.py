@@ -1,4 +1,4 @@
-"""make_world: seeded, deterministic splits of the code world, in three versions.
+"""make_world: seeded, deterministic splits of the code world, in four versions.
 
 `WorldConfig.version` picks the world; a version never changes once released, so an old run's
 config rebuilds its tasks byte for byte.
@@ -35,6 +35,9 @@ share of the generator's mass, so the shares differ between splits (one-operatio
 Version 3 is version 2's functions, cases, calls and splits (the same random streams), with two
 prompts changed (skills.py): gen's stub carries its return annotation and repair is told to keep
 its signature, each checked as a form; reason and refactor tasks are version 2's.
+
+Version 4 (experimental) is version 3 with repair's shown program carrying its return annotation on
+half of the functions (skills.repair_annotated); the same streams, so every other task is version 3's.
 """
 
 from __future__ import annotations
@@ -54,7 +57,7 @@ from retainrl.data.world.skills import BUILDERS, SKILLS, VERSION_SKILLS, build_f
 
 SPLITS = ("heldout", "train", "pretrain")
 BUCKETS = {"heldout": range(0, 10), "train": range(10, 30), "pretrain": range(30, 100)}
-VERSIONS = (1, 2, 3)
+VERSIONS = (1, 2, 3, 4)
 _SALT = b"retainrl-world-v1\n"
 _SALT_V2 = b"retainrl-world-v2/rank\n"
 _TRIES_PER_SHAPE = 3000      # v2: chains drawn for a function of one shape in a split before the shape is redrawn
@@ -83,7 +86,8 @@ class WorldConfig:
     """Task.timeout_s: a reference runs in milliseconds; this bounds a looping completion."""
     version: int = 1
     """World version (see the module docstring): 1 the original, 2 the stratified split with `refactor`,
-    3 version 2 with gen's and repair's signature conventions opposed."""
+    3 version 2 with gen's and repair's signature conventions opposed, 4 (experimental) version 3 with
+    repair's shown program annotated on half of the functions."""
 
     def to_dict(self) -> dict:
         return asdict(self)
