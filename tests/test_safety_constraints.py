@@ -191,6 +191,7 @@ def test_per_prompt_rows_batched_equal_one_at_a_time(policy_and_answers, monkeyp
 
     monkeypatch.setattr(estimates, "BUCKET_OVERHEAD_TOKENS", overhead)
     policy, answers = policy_and_answers
+    assert overhead or len(estimates.pack_rows(estimates.distinct_rows(answers)[0]).buckets) > 1
     params = policy.trainable_parameters()
     from retainrl.safety.estimates import _linear_modules
 
@@ -213,6 +214,27 @@ def test_per_prompt_rows_batched_equal_one_at_a_time(policy_and_answers, monkeyp
         assert torch.allclose(G[i], flat_grad(params), atol=1e-5, rtol=1e-4)
         assert float(G[i].norm()) > 0                 # the likelihood row is never zero
     assert torch.allclose(answer_loglik(policy, answers[1:]).double(), J[1:], atol=1e-5)
+
+
+def test_per_prompt_rows_under_gradient_checkpointing_equal_the_loop(policy_and_answers, monkeypatch):
+    """Non-reentrant checkpointing (transformers' default; TRL turns checkpointing on) runs the
+    layers' forward hooks again inside the backward: the hook path pairs only the forward's calls."""
+    from retainrl.safety import estimates
+
+    monkeypatch.setattr(estimates, "BUCKET_OVERHEAD_TOKENS", 0)     # several forward calls
+    policy, answers = policy_and_answers
+    params = policy.trainable_parameters()
+    want_J, want_G = per_prompt_values_and_grads(policy, params, answers, method="loop")
+    model = policy.model
+    was_training = model.training
+    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    model.train()
+    try:
+        J, G = per_prompt_values_and_grads(policy, params, answers)
+    finally:
+        model.gradient_checkpointing_disable()
+        model.train(was_training)
+    assert torch.allclose(J, want_J, atol=1e-6) and torch.allclose(G, want_G, atol=1e-6, rtol=1e-4)
 
 
 def test_bucket_sizes_by_hand():

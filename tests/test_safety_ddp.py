@@ -157,10 +157,13 @@ def _answer_run(rank: int, world: int, port: int, q, n_prompts: int = 5):
     opt = torch.optim.SGD(params, lr=0.5)
     gen = torch.Generator().manual_seed(1)
     metrics = []
-    for step in range(2):
-        for p in params:   # the same target gradient on every rank (a stand-in for the all-reduced one)
-            p.grad = torch.randn(p.shape, generator=gen) * 0.05
-        metrics.append(layer.step(params, opt, policy, None, step + 1, ["gen"]))
+    try:
+        for step in range(2):
+            for p in params:   # the same target gradient on every rank (a stand-in for the all-reduced one)
+                p.grad = torch.randn(p.shape, generator=gen) * 0.05
+            metrics.append(layer.step(params, opt, policy, None, step + 1, ["gen"]))
+    finally:   # the one-process run is in pytest's own process
+        estimates.packed_logliks = real
     return _finish(rank, world, q, (flat_params(params).tolist(), rows, [m.get("safety/num_active", 0.0) for m in metrics]))
 
 

@@ -159,6 +159,14 @@ def test_covariances_weigh_prompts_not_rows_and_ignore_padding(policy_and_answer
     assert all(p.grad is None for p in params)                      # no .grad written
     sub = build_subspaces(policy, [[answers[0]], [answers[1], answers[2]]], "both", 0.9, 1.0)
     assert len(sub.bases) == len(mods) and sub.ranks()["safety/act/k_in"] >= 1
+    # several forward calls (a bucket per length) give one bucket's covariances, both factors
+    many = covariances(policy, answers, mods)
+    monkeypatch.setattr(estimates, "BUCKET_OVERHEAD_TOKENS", 10 ** 9)
+    one_call = covariances(policy, answers, mods)
+    assert overhead or len(estimates.pack_rows(estimates.distinct_rows(answers)[0], 0).buckets) > 1
+    for k in mods:   # float32 sums in another order: relative to the matrix's size
+        for a, b in zip(many[k], one_call[k]):
+            assert float((a - b).norm() / b.norm()) < 1e-4, k
 
 
 def test_real_policy_layout_projects_each_module_in_place(policy_and_answers):

@@ -22,8 +22,8 @@ a refresh keeps its previous answers). Per prompt p
 It does not saturate: unlike the GRPO surrogate (zero when a group's rewards are all equal)
 its gradient is non-zero at pass rate 1, and between refreshes it is a deterministic function
 of theta (no sampling noise). `per_prompt_values_and_grads` gives J (P,) and the P per-prompt
-gradients (P, d) from one batched forward and ONE backward of sum_p J_p: every row belongs to
-one prompt, so a prompt's gradient is the sum of its rows' gradients, and for a weight W of a
+gradients (P, d) from one batched pass (a forward per bucket of rows, `pack_rows`) and ONE backward
+of sum_p J_p: every row belongs to one prompt, so a prompt's gradient is the sum of its rows' gradients, and for a weight W of a
 linear layer (LoRA's A and B are such layers) a row's gradient is sum_t dout_t x_t^T, formed
 from the layer's input x and output gradient dout captured by hooks (the per-example gradient
 identity of Goodfellow 2015 / Opacus, summed per prompt). When a trainable tensor is not a
@@ -139,10 +139,13 @@ def packed_logliks(policy, packed: PackedRows) -> torch.Tensor:
     for ids, mask, target in packed.buckets:
         ids, mask, target = ids.to(policy.device), mask.to(policy.device), target.to(policy.device)
         logits, _ = policy.forward(ids, mask)
-        lp = token_logprobs(logits[:, :-1], ids[:, 1:])                       # (n_b, L_b - 1)
-        t = target[:, 1:].to(lp.dtype)
-        out.append((lp * t).sum(-1) / t.sum(-1).clamp(min=1))
-    return torch.cat(out)
+        # only the completion positions (a real model's vocabulary makes a float copy over the prompt costly)
+        sel = target[:, 1:]                                                    # (n_b, L_b - 1)
+        lp = token_logprobs(logits[:, :-1][sel], ids[:, 1:][sel])            # (M,)
+        row = sel.nonzero()[:, 0]
+        total = torch.zeros(ids.shape[0], dtype=lp.dtype, device=lp.device).index_add(0, row, lp)
+        out.append(total / sel.sum(-1).clamp(min=1).to(lp.dtype))
+    return torch.cat(out) if out else torch.zeros(0)
 
 
 def distinct_rows(answers: list[Rollout]) -> tuple[list[Rollout], torch.Tensor, torch.Tensor]:
@@ -186,7 +189,7 @@ def _answer_loglik(policy, answers: list[Rollout]):
 def answer_loglik(policy, answers: list[Rollout]) -> torch.Tensor:
     """J (P,): per prompt, the mean over its answers of the token-mean log-likelihood (with graph).
 
-    answers: P rollouts (each: one prompt's stored answers, >= 1 row); one batched forward over
+    answers: P rollouts (each: one prompt's stored answers, >= 1 row); one batched pass (a forward per bucket) over
     the distinct answers (`distinct_rows`), weighted by their counts."""
     return _answer_loglik(policy, answers)[0]
 
@@ -207,8 +210,15 @@ def _per_prompt_by_hooks(policy, params, answers: list[Rollout], mods: list):
     weights only)."""
     seen: dict[int, list] = {id(m): [] for m in mods}           # a module's inputs, one per forward call
     grads_out: dict[int, dict] = {id(m): {} for m in mods}      # call -> its output's gradient
+    state = {"recording": True, "pairable": True}
 
     def fwd(module, inputs, output):
+        # only the forward pass records: gradient checkpointing runs the hooks again inside the backward
+        if not state["recording"]:
+            return
+        if not output.requires_grad:   # e.g. inside reentrant checkpointing: no output gradient to catch
+            state["pairable"] = False
+            return
         calls = seen[id(module)]
         calls.append(inputs[0].detach())
         output.register_hook(lambda g, k=id(module), i=len(calls) - 1: grads_out[k].__setitem__(i, g.detach()))
@@ -216,7 +226,9 @@ def _per_prompt_by_hooks(policy, params, answers: list[Rollout], mods: list):
     handles = [m.register_forward_hook(fwd) for m in {id(m): m for m in mods}.values()]
     try:
         J, owner, _, packed = _answer_loglik(policy, answers)
-        if any(len(v) != len(packed.buckets) for v in seen.values()):  # a layer used twice (or never) a call
+        state["recording"] = False
+        # every layer once per forward call, or no pairing of inputs with output gradients: the loop path
+        if not state["pairable"] or any(len(v) != len(packed.buckets) for v in seen.values()):
             return J, None
         J.sum().backward(inputs=list(params))
     finally:
@@ -275,7 +287,7 @@ def _own_evaluation(mem, name: str) -> bool:
 
 
 def values_many(policy, picks: list[tuple["AnswerMemory", list[int]]]) -> list[torch.Tensor]:
-    """J_p (len(prompts),) float64, no graph, per (memory, prompts) pick: one batched forward over
+    """J_p (len(prompts),) float64, no graph, per (memory, prompts) pick: one batched pass (a forward per bucket) over
     every pick whose memory uses AnswerMemory's evaluation."""
     out: list[torch.Tensor | None] = [None] * len(picks)
     batch = [i for i, (m, prompts) in enumerate(picks) if prompts and _own_evaluation(m, "values")]

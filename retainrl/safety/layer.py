@@ -21,7 +21,7 @@ every input it needs as an argument, so any trainer can call it:
      log-likelihood of the skill's own verified-correct answers to prompt p
      (estimates.AnswerMemory): non-zero at pass rate 1, no sampling noise between refreshes.
      `batch_prompts` prompts per skill per step (rotating), P per-prompt gradients from one
-     batched forward and backward.
+     batched pass (a forward per bucket of rows) and one backward.
    - "prompt_ll_subspace": GPM-style, the per-skill subspace of the same per-prompt
      gradients M (P, d): its top singular directions u_k (the fewest whose energy
      sum sigma_k^2 reaches `subspace_energy` of the total, at most `subspace_max_rank`), from
@@ -333,8 +333,8 @@ def _eps_of(cfg, s: str) -> float:
 def _answer_terms(layer: "SafetyLayer", policy, params, sandbox, step: int, skills: list[str]) -> dict:
     """skill -> (memory, constraint prompts, held-out prompts, J (P + H,) float64, reward gradients
     (P + H, d) rank-averaged), or None without answers. The skills whose rows are due are computed
-    in one batched forward + backward together (estimates.values_and_grads_many); the values of
-    reused rows in one no-grad forward."""
+    in one batched pass together (estimates.values_and_grads_many); the values of reused rows in one
+    no-grad pass."""
     cfg = layer.cfg
     if is_sharded(params):
         raise ValueError(f"safety.constraint={layer.constraint}: per-prompt gradients are formed from whole layer "

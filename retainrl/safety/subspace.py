@@ -60,13 +60,16 @@ def covariances(policy, answers: list, mods: dict[str, tuple]) -> dict[str, tupl
     xs: dict[str, list] = {name: [] for name in mods}      # per forward call (one per bucket of rows)
     gs: dict[str, dict] = {name: {} for name in mods}      # forward call -> dy of that call
     calls = {name: 0 for name in mods}
+    recording = [True]   # only the forward pass: gradient checkpointing runs the hooks again in the backward
 
     def on_input(module, inputs, output, key):
-        xs[key].append(inputs[0].detach())
+        if recording[0]:
+            xs[key].append(inputs[0].detach())
 
     def on_output(module, inputs, output, key):          # returns None: the output is left as it is
-        calls[key] += 1
-        output.register_hook(lambda g, i=calls[key] - 1: gs[key].__setitem__(i, g.detach()))
+        if recording[0]:
+            calls[key] += 1
+            output.register_hook(lambda g, i=calls[key] - 1: gs[key].__setitem__(i, g.detach()))
 
     handles = []
     for name, (A, B) in mods.items():
@@ -75,6 +78,12 @@ def covariances(policy, answers: list, mods: dict[str, tuple]) -> dict[str, tupl
     leaves = [B.weight for _, B in mods.values()]
     try:
         J, owner, weight, packed = _answer_loglik(policy, answers)
+        recording[0] = False
+        n_calls = len(packed.buckets)
+        odd = [name for name in mods if len(xs[name]) != n_calls or calls[name] != n_calls]
+        if odd:   # inputs and output gradients could not be paired with the forward calls
+            raise ValueError(f"act_subspace: LoRA module {odd[0]!r} ran {len(xs[odd[0]])} times in {n_calls} forward "
+                             f"calls (a layer used twice per forward, or not at all); its covariances have no pairing")
         torch.autograd.grad(J.sum(), leaves, allow_unused=True)  # fires the output hooks; no .grad written
     finally:
         for h in handles:
@@ -85,7 +94,7 @@ def covariances(policy, answers: list, mods: dict[str, tuple]) -> dict[str, tupl
     for name in mods:
         n_out = mods[name][1].weight.shape[0]
         C_x, C_g, at = 0.0, 0.0, 0
-        for i, (x, (_, mask, _)) in enumerate(zip(xs[name], packed.buckets)):
+        for i, (x, (_, mask, _)) in enumerate(zip(xs[name], packed.buckets, strict=True)):
             n = mask.shape[0]
             w = (mask.double().to(x.device) * row_w[at:at + n, None].to(x.device)).reshape(-1)   # position weights
             at += n

@@ -270,7 +270,8 @@ def shows_habit(task: Task, completion: str) -> bool:
 
 def _shown_annotated(task: Task) -> bool:
     """A v4 repair task whose shown signature carries its annotation (its habit is then the rename)."""
-    return task.skill == "repair" and task.meta.get("version", 1) >= 4 and " -> " in task.meta["form"]["signature"]
+    return (task.skill == "repair" and task.meta.get("version", 1) >= 4
+            and " -> " in task.meta.get("form", {}).get("signature", ""))
 
 
 def annotation_habit(task: Task) -> str:
