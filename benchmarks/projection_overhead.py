@@ -26,8 +26,10 @@ a third of them do, and the rows cost a third of what they cost in a run). Varia
                projected out of the protected activation subspaces first; the subspaces' build (one
                forward + backward over each protected memory, once per phase) is timed apart and
                amortised over a phase (--phase_steps)
-  act b4       pll-2 act with batch_prompts = 4; act/k the same with rows_every = --rows_every (the cost
-               options of the default, session 10): amortised as the default, act/k as pll-2/k
+  act b4       pll-2 act with batch_prompts = 4, the trainer's default since session 10 ("default" below,
+               diagnostics amortised; "default 8" the one of sessions 8-10); act/k pll-2 act with rows_every =
+               --rows_every, amortised as pll-2/k
+(pll-2 and the variants above keep batch_prompts = 8, SafetyConfig's value before session 10.)
 
 The default's update is amortised as t_act + (t_diag - t_pll) / d, d = diagnostics_every ("rows only",
 the default before session 8: (t_diag + (d-1) t_pll) / d; the other prompt_ll variants get the same
@@ -125,7 +127,7 @@ def main() -> None:
     k = args.rows_every
     tmp = Path("/tmp/retainrl_projection_bench")
     plain, safe = build(False, tmp / "plain"), build(True, tmp / "safe")
-    base = safe.cfg.safety
+    base = dataclasses.replace(safe.cfg.safety, batch_prompts=8)   # the variants below as measured since session 7
     d = base.diagnostics_every
     params = safe.policy.trainable_parameters()
     with Sandbox(workers=2) as sb:
@@ -203,9 +205,10 @@ def main() -> None:
             out[f"pll-2/{j}"] = (v["pll-2"] + (j - 1) * v[f"pll-2/{j}"]) / j + (v["pll-2+diag"] - v["pll-2"]) / d
         out["pll-2 b4"] = v["pll-2 b4"] + (v["pll-2+diag"] - v["pll-2"]) / d
         out["rows only"] = (v["pll-2+diag"] + (d - 1) * v["pll-2"]) / d     # diagnostics every d steps
-        out["default"] = v["pll-2 act"] + (v["pll-2+diag"] - v["pll-2"]) / d  # the default: + the subspaces
-        out["default b4"] = v["act b4"] + (v["pll-2+diag"] - v["pll-2"]) / d
-        out[f"default /{k}"] = (v["pll-2 act"] + (k - 1) * v[f"act/{k}"]) / k + (v["pll-2+diag"] - v["pll-2"]) / d
+        # the default since session 10: rows of 4 prompts per skill + the subspaces (sessions 8-10: 8 prompts)
+        out["default"] = v["act b4"] + (v["pll-2+diag"] - v["pll-2"]) / d
+        out["default 8"] = v["pll-2 act"] + (v["pll-2+diag"] - v["pll-2"]) / d
+        out[f"default 8 /{k}"] = (v["pll-2 act"] + (k - 1) * v[f"act/{k}"]) / k + (v["pll-2+diag"] - v["pll-2"]) / d
         return out
     med = amortise({n: statistics.median(v) for n, v in times.items()})
     low = amortise({n: min(v) for n, v in times.items()})

@@ -113,6 +113,9 @@ SAFE_VARIANTS = {
     **{f"trust-{d}": ["safety.constraint=prompt_ll", *_STEP, *_ABS, "safety.eps=1.0", f"safety.trust_region={d}"]
        for d in ("0.0002", "0.002")},
 }
+# SafetyConfig's batch_prompts moved from 8 to 4 (session 10): the variants measured before keep their 8
+SAFE_VARIANTS = {name: ov if any(o.startswith("safety.batch_prompts=") for o in ov) else [*ov, "safety.batch_prompts=8"]
+                 for name, ov in SAFE_VARIANTS.items()}
 DEFAULT_SAFE = ["mean-step", "pll-step", "pll-phase-0.005", "pll-phase-0.02", "pll-phase-0.1", "pll-phase-1.0",
                 "pll-phase-0.02-r5", "sub-phase-0.02", "trust-0.0002", "trust-0.002"]
 

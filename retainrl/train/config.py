@@ -146,7 +146,9 @@ class SafetyConfig:
                                                    "skill not being trained (mixed protocol: every skill).")
     memory_prompts: int = option(32, "Prompts stored per protected skill.", check=lambda v: v >= 1, must="be >= 1")
     memory_samples: int = option(4, "Stored samples per memory prompt (a GRPO group).", check=lambda v: v >= 2, must="be >= 2")
-    batch_prompts: int = option(8, "Memory prompts per gradient estimate (x memory_samples rows).",
+    batch_prompts: int = option(4, "Memory prompts per gradient estimate (x memory_samples rows). 4 since "
+                                   "2026-12-02 (session 10): with the activation subspaces on, 4 protected as 8 did "
+                                   "on two untuned worlds, at 1.15x instead of 1.23x a plain step (docs/LOG.md).",
                                 check=lambda v: v >= 1, must="be >= 1")
     refresh_every: int = option(10, "Regenerate the stored rollouts / answers every this many steps (1: fresh-rollout "
                                     "mode; 0: once per phase, when the protected set changes: the answers of the "
