@@ -205,35 +205,66 @@ def _linear_modules(model, params) -> list | None:
     return mods
 
 
+class LayerCalls:
+    """Per forward call, the inputs of some layers and the gradients at the outputs of others
+    (`inputs_of`, `outputs_of`: key -> module), recorded while the hooks are on (a `with` block)
+    and only until `stop()`: gradient checkpointing runs the hooks again inside the backward.
+
+    x[key]: the inputs, one per call; dy[key]: call -> the output's gradient, filled by the
+    backward; `complete(n)`: every module ran exactly n times with outputs that carry a gradient
+    (inside reentrant checkpointing they do not), so calls pair up."""
+
+    def __init__(self, inputs_of: dict, outputs_of: dict):
+        self.inputs_of, self.outputs_of = inputs_of, outputs_of
+        self.x = {k: [] for k in inputs_of}
+        self.dy: dict = {k: {} for k in outputs_of}
+        self.calls = {k: 0 for k in outputs_of}
+        self.recording, self.pairable, self.handles = True, True, []
+
+    def _on_input(self, key, inputs):
+        if self.recording:
+            self.x[key].append(inputs[0].detach())
+
+    def _on_output(self, key, output):
+        if not self.recording:
+            return
+        if not output.requires_grad:
+            self.pairable = False
+            return
+        i = self.calls[key]
+        self.calls[key] += 1
+        output.register_hook(lambda g: self.dy[key].__setitem__(i, g.detach()))
+
+    def __enter__(self) -> "LayerCalls":
+        for k, m in self.inputs_of.items():
+            self.handles.append(m.register_forward_hook(lambda mod, i, o, k=k: self._on_input(k, i)))
+        for k, m in self.outputs_of.items():
+            self.handles.append(m.register_forward_hook(lambda mod, i, o, k=k: self._on_output(k, o)))
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for h in self.handles:
+            h.remove()
+
+    def stop(self) -> None:
+        self.recording = False
+
+    def complete(self, n: int) -> bool:
+        return self.pairable and all(len(v) == n for v in self.x.values()) and all(c == n for c in self.calls.values())
+
+
 def _per_prompt_by_hooks(policy, params, answers: list[Rollout], mods: list):
     """J (P,) and per-prompt gradients from one forward per bucket and one backward (linear
     weights only)."""
-    seen: dict[int, list] = {id(m): [] for m in mods}           # a module's inputs, one per forward call
-    grads_out: dict[int, dict] = {id(m): {} for m in mods}      # call -> its output's gradient
-    state = {"recording": True, "pairable": True}
-
-    def fwd(module, inputs, output):
-        # only the forward pass records: gradient checkpointing runs the hooks again inside the backward
-        if not state["recording"]:
-            return
-        if not output.requires_grad:   # e.g. inside reentrant checkpointing: no output gradient to catch
-            state["pairable"] = False
-            return
-        calls = seen[id(module)]
-        calls.append(inputs[0].detach())
-        output.register_hook(lambda g, k=id(module), i=len(calls) - 1: grads_out[k].__setitem__(i, g.detach()))
-
-    handles = [m.register_forward_hook(fwd) for m in {id(m): m for m in mods}.values()]
-    try:
+    unique = {id(m): m for m in mods}
+    with LayerCalls(unique, unique) as rec:
         J, owner, _, packed = _answer_loglik(policy, answers)
-        state["recording"] = False
+        rec.stop()
         # every layer once per forward call, or no pairing of inputs with output gradients: the loop path
-        if not state["pairable"] or any(len(v) != len(packed.buckets) for v in seen.values()):
+        if not rec.complete(len(packed.buckets)):
             return J, None
         J.sum().backward(inputs=list(params))
-    finally:
-        for h in handles:
-            h.remove()
+    seen, grads_out = rec.x, rec.dy
     out = []
     for m in mods:
         per_row = []

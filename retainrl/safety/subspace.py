@@ -38,7 +38,7 @@ from __future__ import annotations
 import torch
 
 from retainrl.parallel import all_sum_tensor, is_active, my_share
-from retainrl.safety.estimates import _answer_loglik
+from retainrl.safety.estimates import LayerCalls, _answer_loglik
 
 
 def lora_modules(model) -> dict[str, tuple]:
@@ -57,37 +57,15 @@ def covariances(policy, answers: list, mods: dict[str, tuple]) -> dict[str, tupl
     prompt): sum over non-padding positions of x x^T (each prompt weighing 1, its distinct rows by
     count) and of dy dy^T, dy the gradient of sum_p J_p at lora_B's output. Runs one forward per bucket
     of rows (estimates.pack_rows) and one backward; leaves the parameters' .grad as it found them."""
-    xs: dict[str, list] = {name: [] for name in mods}      # per forward call (one per bucket of rows)
-    gs: dict[str, dict] = {name: {} for name in mods}      # forward call -> dy of that call
-    calls = {name: 0 for name in mods}
-    recording = [True]   # only the forward pass: gradient checkpointing runs the hooks again in the backward
-
-    def on_input(module, inputs, output, key):
-        if recording[0]:
-            xs[key].append(inputs[0].detach())
-
-    def on_output(module, inputs, output, key):          # returns None: the output is left as it is
-        if recording[0]:
-            calls[key] += 1
-            output.register_hook(lambda g, i=calls[key] - 1: gs[key].__setitem__(i, g.detach()))
-
-    handles = []
-    for name, (A, B) in mods.items():
-        handles.append(A.register_forward_hook(lambda m, i, o, k=name: on_input(m, i, o, k)))
-        handles.append(B.register_forward_hook(lambda m, i, o, k=name: on_output(m, i, o, k)))
     leaves = [B.weight for _, B in mods.values()]
-    try:
+    with LayerCalls({k: A for k, (A, _) in mods.items()}, {k: B for k, (_, B) in mods.items()}) as rec:
         J, owner, weight, packed = _answer_loglik(policy, answers)
-        recording[0] = False
-        n_calls = len(packed.buckets)
-        odd = [name for name in mods if len(xs[name]) != n_calls or calls[name] != n_calls]
-        if odd:   # inputs and output gradients could not be paired with the forward calls
-            raise ValueError(f"act_subspace: LoRA module {odd[0]!r} ran {len(xs[odd[0]])} times in {n_calls} forward "
-                             f"calls (a layer used twice per forward, or not at all); its covariances have no pairing")
+        rec.stop()
+        if not rec.complete(len(packed.buckets)):   # inputs and output gradients cannot be paired with the calls
+            raise ValueError(f"act_subspace: a LoRA module did not run once per forward call ({len(packed.buckets)} "
+                             f"calls; a layer used twice per forward, not at all, or inside reentrant checkpointing)")
         torch.autograd.grad(J.sum(), leaves, allow_unused=True)  # fires the output hooks; no .grad written
-    finally:
-        for h in handles:
-            h.remove()
+    xs, gs = rec.x, rec.dy
     per_prompt = torch.zeros(len(answers), dtype=weight.dtype, device=weight.device).index_add(0, owner, weight)
     row_w = (weight / per_prompt[owner]).double()       # each prompt's rows weigh 1 in total, by count
     out = {}
