@@ -39,8 +39,10 @@ def cmd_eval(args) -> int:
         print(json.dumps({s: r["pass@1"] for s, r in res.items()}))
     else:
         for s, r in res.items():
-            print(f"{s:8s} pass@1 = {r['pass@1']:.3f}  (n={r['n']}, habit share {r.get('habit_share', 0):.3f}, "
-                  f"tokens={r['tokens']}, verify cpu {r['verify_cpu_s']:.1f}s)")
+            habit = (f"habit share {r['habit_share']:.3f}, pass@1 with it undone {r['habit_undone_pass@1']:.3f}, "
+                     if "habit_share" in r else "")
+            print(f"{s:8s} pass@1 = {r['pass@1']:.3f}  (n={r['n']}, {habit}tokens={r['tokens']}, "
+                  f"verify cpu {r['verify_cpu_s']:.1f}s)")
     return 0
 
 

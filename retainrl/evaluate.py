@@ -8,7 +8,8 @@ pass@1 is the fraction of tasks whose greedy completion passes its verifier. Wit
 
 For the built-in world's tasks, `habit_share` is the fraction of greedy completions that show
 the skill's deliberate habit (`retainrl.data.world.shows_habit`), the testbed's planted failure
-that RL should remove.
+that RL should remove, and `habit_undone_pass@1` the greedy pass@1 with each such completion's habit
+edit undone (`retainrl.data.world.undo_habit`): how much of the skill's room is its habit.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from __future__ import annotations
 import time
 
 from retainrl.data.task import Task
-from retainrl.data.world import shows_habit
+from retainrl.data.world import shows_habit, undo_habit
 from retainrl.metrics.passk import mean_pass_at_k
 from retainrl.policy.model import Policy
 from retainrl.policy.rollout import SamplingConfig, generate
@@ -35,7 +36,10 @@ def evaluate_skill(policy: Policy, tasks: list[Task], sandbox, sampling: Samplin
            "verify_cpu_s": sum(v.cpu_s for v in verdicts),
            "errors": sum(v.status in ("error", "killed") for v in verdicts)}
     if tasks and all(t.source == "world" for t in tasks):
-        out["habit_share"] = sum(shows_habit(t, text) for t, text in zip(tasks, rollout.texts)) / len(tasks)
+        habit = [i for i, (t, text) in enumerate(zip(tasks, rollout.texts)) if shows_habit(t, text)]
+        out["habit_share"] = len(habit) / len(tasks)
+        undone = verify_many(sandbox, [(tasks[i], undo_habit(tasks[i], rollout.texts[i])) for i in habit])
+        out["habit_undone_pass@1"] = out["pass@1"] + sum(v.passed for v in undone) / len(tasks)
     ks = tuple(k for k in ks if 1 < k <= n_samples)
     if n_samples > 0:
         sampled = generate(policy, [t.prompt for t in tasks], n=n_samples, cfg=sampling, seed=seed,

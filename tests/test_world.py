@@ -11,9 +11,8 @@ import sys
 
 import pytest
 
-from retainrl.data.world import (SKILLS, VERSION_SKILLS, WorldConfig, generate, habit_answer, habit_triggered, make_world,
-                                  shape_shares,
-                                  shows_habit, split_of, wrong_answer)
+from retainrl.data.world import (SKILLS, VERSION_SKILLS, WorldConfig, generate, habit_answer, habit_triggered,
+                                 make_world, shape_shares, shows_habit, split_of, undo_habit, wrong_answer)
 from retainrl.data.world.ops import OPS_BY_NAME
 from retainrl.data.world.programs import LEVELS, Step, bug_candidates, failing_cases, render
 from retainrl.verify.checks import verify_many
@@ -292,6 +291,20 @@ def test_each_habit_is_a_one_point_edit_that_fails_with_status_failed(world2, wo
     assert all(shows_habit(t, h) for t, h in zip(tasks, habits))
     assert not any(shows_habit(t, t.reference) for t in tasks)
     assert not any(shows_habit(t, junk) for t in tasks[:5] for junk in ("", "def f(:", "(" * 5000, "x = 1"))
+
+
+@pytest.mark.parametrize("version,skill", [(v, s) for v in (1, 2, 3, 4) for s in VERSION_SKILLS[v]])
+def test_undo_habit_gives_back_the_answer_the_habit_edited(world, world2, world3, world4, sandbox, version, skill):
+    """`undo_habit` (the room evaluation reports as `habit_undone_pass@1`) inverts each habit's edit
+    exactly and leaves every completion that does not show the habit as it is."""
+    tasks = {1: world, 2: world2, 3: world3, 4: world4}[version][skill]["heldout"][:40]
+    undone = [undo_habit(t, habit_answer(t)) for t in tasks]
+    assert undone == [t.reference.strip() for t in tasks]
+    assert all(v.passed for v in verify_many(sandbox, list(zip(tasks, undone))))
+    for t in tasks[:5]:
+        for other in (t.reference, "", "def f(:", "x = 1", habit_answer(t) + "\n# more"):
+            if not shows_habit(t, other):
+                assert undo_habit(t, other) == other
 
 
 def test_version_3_is_version_2_with_two_prompts_changed(world2, world3):

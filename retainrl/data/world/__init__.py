@@ -12,9 +12,11 @@ turns a function into a Task per skill (and writes the pretraining corpus's impe
 habit), world.py keeps the splits apart (`version` 1 to 4; see its docstring).
 """
 
-from retainrl.data.world.skills import SKILLS, VERSION_SKILLS, habit_answer, habit_triggered, shows_habit, wrong_answer
+from retainrl.data.world.skills import (SKILLS, VERSION_SKILLS, habit_answer, habit_triggered, shows_habit, undo_habit,
+                                       wrong_answer)
 from retainrl.data.world.world import (SPLITS, VERSIONS, WorldConfig, generate, make_world, shape_shares, split_of,
                                        split_of_chain, task_shape)
 
 __all__ = ["SKILLS", "SPLITS", "VERSIONS", "VERSION_SKILLS", "WorldConfig", "generate", "habit_answer", "make_world",
-           "habit_triggered", "shape_shares", "shows_habit", "split_of", "split_of_chain", "task_shape", "wrong_answer"]
+           "habit_triggered", "shape_shares", "shows_habit", "split_of", "split_of_chain", "task_shape", "undo_habit",
+           "wrong_answer"]

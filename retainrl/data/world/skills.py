@@ -268,6 +268,32 @@ def shows_habit(task: Task, completion: str) -> bool:
     return False
 
 
+def undo_habit(task: Task, completion: str) -> str:
+    """The completion with its skill's habit edit undone when it `shows_habit` (unchanged otherwise):
+    reason's trailing comma dropped, `f_fixed` renamed back to `f`, the `def f(...)` line replaced by
+    the signature the task asks for (v3's annotation habits, refactor's hint), gen's last `print(value)`
+    line made `return value` again. Verifying the result measures how much of a skill's room is its
+    habit: what RL gains by removing the habit if the rest of the answer stayed as it is (an estimate;
+    the answers RL writes instead need not be these)."""
+    if not shows_habit(task, completion):
+        return completion
+    text = completion.strip()
+    if task.skill == "reason":
+        return text[:-1].rstrip() if text.endswith(",") else text
+    sig = task.meta.get("form", {}).get("signature")
+    lines = text.split("\n")
+    if sig and (task.skill == "refactor" or (task.meta.get("version", 1) >= 3 and not _shown_annotated(task))):
+        return "\n".join(sig if line.startswith("def f(") else line for line in lines)
+    if task.skill == "repair":
+        return text.replace("def f_fixed(", "def f(")
+    last = max((i for i, line in enumerate(lines) if line.lstrip().startswith("print(") and line.rstrip().endswith(")")),
+               default=None)
+    if last is not None:
+        indent = lines[last][: len(lines[last]) - len(lines[last].lstrip())]
+        lines[last] = f"{indent}return {lines[last].strip()[len('print('):-1]}"
+    return "\n".join(lines)
+
+
 def _shown_annotated(task: Task) -> bool:
     """A v4 repair task whose shown signature carries its annotation (its habit is then the rename)."""
     return (task.skill == "repair" and task.meta.get("version", 1) >= 4
