@@ -355,6 +355,27 @@ def test_version_4_is_version_3_with_half_of_repairs_signatures_annotated(world3
             assert habit_answer(t4) == t4.reference.replace("def f(", "def f_fixed(", 1)
 
 
+def test_version_5_is_version_4_with_a_quarter_of_repairs_signatures_annotated(world3, world4):
+    """v5 changes only which repair programs are shown annotated: a quarter, inside v4's half; a v5 task
+    equals the v4 task where it is annotated and the v3 task where it is not (prompt, reference, form)."""
+    from retainrl.data.world.skills import repair_annotated
+
+    v5 = WorldConfig(**{**V2.to_dict(), "version": 5})
+    for split in ("train", "heldout"):
+        tasks5 = generate(v5, "repair", split, 200)
+        marked = [repair_annotated(t.reference, 5) for t in world3["repair"][split][:200]]
+        assert 0.15 <= sum(marked) / len(marked) <= 0.35, (split, sum(marked) / len(marked))
+        for t3, t4, t5, annotated in zip(world3["repair"][split], world4["repair"][split], tasks5, marked):
+            assert annotated <= repair_annotated(t3.reference, 4)   # the quarter lies inside v4's half
+            same = t4 if annotated else t3
+            assert (t5.prompt, t5.reference, t5.meta["form"]) == (same.prompt, same.reference, same.meta["form"])
+            assert t5.meta["version"] == 5 and shows_habit(t5, habit_answer(t5)) and not shows_habit(t5, t5.reference)
+    assert [(t.prompt, t.reference) for t in generate(v5, "gen", "heldout", 20)] == [
+        (t.prompt, t.reference) for t in world4["gen"]["heldout"][:20]]
+    with pytest.raises(ValueError, match="annotates no repair program"):
+        repair_annotated(world3["repair"]["train"][0].reference, 3)
+
+
 def test_version_3_gen_and_repair_habits_are_one_decision_wanted_opposite_ways(world3):
     """On a function that both skills draw, gen's habit writes repair's right signature line and
     repair's habit writes gen's: the same token after `def f(xs)`, chosen the other way."""
@@ -476,11 +497,11 @@ def test_run_configs_pick_the_world_version_and_build_refactor_when_trained():
     with pytest.raises(ConfigError, match="refactor"):
         load_config(RunConfig, smoke, small + ["world.version=1", "protocol.phases=[refactor]"])   # not in v1
     with pytest.raises(ConfigError, match="world.version"):
-        load_config(RunConfig, smoke, ["world.version=5"])
+        load_config(RunConfig, smoke, ["world.version=6"])
 
 
-@pytest.mark.parametrize("version", [2, 3, 4])
-def test_pretrain_corpus_of_world_versions_2_to_4_carries_each_skills_habit(version):
+@pytest.mark.parametrize("version", [2, 3, 4, 5])
+def test_pretrain_corpus_of_world_versions_2_to_5_carries_each_skills_habit(version):
     script = _pretrain_script()
     args = script.parse_args(["--n_pretrain", "6", "--world_version", str(version), "--habit_gen", "1.0", "--habit_repair",
                               "1.0", "--habit_reason", "1.0", "--habit_refactor", "1.0"])
@@ -491,7 +512,7 @@ def test_pretrain_corpus_of_world_versions_2_to_4_carries_each_skills_habit(vers
     assert all(shows_habit(tasks[prompt], answer) for _, prompt, answer in corpus)
     if version == 3:   # the v3 habits, not v2's print and f_fixed
         assert not any("print(" in a or "f_fixed" in a for k, _, a in corpus if k in ("gen", "repair"))
-    if version == 4:   # gen's v3 habit; repair's annotation or (where the signature shown has one) the rename
+    if version >= 4:   # gen's v3 habit; repair's annotation or (where the signature shown has one) the rename
         assert not any("print(" in a for k, _, a in corpus if k == "gen")
 
 

@@ -34,6 +34,10 @@ the source), and the answer must keep the signature shown. gen wants the annotat
 repair on its annotated half, so one global shift of the shared decision breaks only repair's other
 half. Repair's habit is then the annotation added where none is shown, and on the annotated half
 v2's rename (`def f_fixed(`), a learnable room of its own.
+
+World version 5 (experimental, LOG 2026-12-03 session 13) is version 4 with the annotated share of repair's
+programs a quarter instead of a half (a subset of version 4's half: the same hash, modulo 4 instead of 2),
+so that three quarters of repair's tasks want the shared decision against gen.
 """
 
 from __future__ import annotations
@@ -49,7 +53,7 @@ from retainrl.data.world.programs import (Step, bug_candidates, inject_bug, rend
                                           spec, typed_signature)
 
 SKILLS = ("gen", "repair", "reason")
-VERSION_SKILLS = {1: SKILLS, 2: SKILLS + ("refactor",), 3: SKILLS + ("refactor",), 4: SKILLS + ("refactor",)}
+VERSION_SKILLS = {1: SKILLS, **{v: SKILLS + ("refactor",) for v in (2, 3, 4, 5)}}
 _SALT_ANNOTATED = b"retainrl-world-v4/repair-annotated\n"
 ANSWER = "Answer:\n"
 
@@ -98,22 +102,28 @@ def make_gen(fn: WorldFunction, rng: random.Random, **task_args) -> Task:
                 reference=reference, **task_args)
 
 
-def repair_annotated(source: str) -> bool:
-    """World v4: whether repair shows this function with its return annotation (half of the
-    functions, by a fixed hash of the source: independent of the split, the shape and the seed)."""
-    return int(hashlib.sha256(_SALT_ANNOTATED + source.encode()).hexdigest()[:8], 16) % 2 == 0
+ANNOTATED_EVERY = {4: 2, 5: 4}
+
+
+def repair_annotated(source: str, version: int = 4) -> bool:
+    """World v4 on: whether repair shows this function with its return annotation (one function in
+    `ANNOTATED_EVERY[version]`: half in v4, a quarter in v5, by a fixed hash of the source, independent of
+    the split, the shape and the seed; v5's quarter lies inside v4's half)."""
+    if version not in ANNOTATED_EVERY:
+        raise ValueError(f"world version {version} annotates no repair program; versions {sorted(ANNOTATED_EVERY)} do")
+    return int(hashlib.sha256(_SALT_ANNOTATED + source.encode()).hexdigest()[:8], 16) % ANNOTATED_EVERY[version] == 0
 
 
 def make_repair(fn: WorldFunction, rng: random.Random, **task_args) -> Task | None:
-    """v3: "keep the signature", the shown one unannotated. v4: shown with its return annotation
-    on half of the functions (`repair_annotated`); the answer keeps the signature shown."""
+    """v3: "keep the signature", the shown one unannotated. v4 and v5: shown with its return annotation
+    on half (v4) or a quarter (v5) of the functions (`repair_annotated`); the answer keeps the signature shown."""
     bug = inject_bug(fn.source, fn.cases, rng)
     if bug is None:
         return None
     bug_type, buggy, bad = bug
     shown = _assert(*fn.cases[bad[0]])
     version = _version(task_args)
-    annotated = version >= 4 and repair_annotated(fn.source)
+    annotated = version >= 4 and repair_annotated(fn.source, version)
     sig = return_signature(list(fn.chain)) if annotated else signature(list(fn.chain))
     if annotated:    # the bug is in the body (inject_bug edits operation lines), the first line is the signature
         buggy = _with_signature(buggy, sig)
@@ -295,7 +305,7 @@ def undo_habit(task: Task, completion: str) -> str:
 
 
 def _shown_annotated(task: Task) -> bool:
-    """A v4 repair task whose shown signature carries its annotation (its habit is then the rename)."""
+    """A v4/v5 repair task whose shown signature carries its annotation (its habit is then the rename)."""
     return (task.skill == "repair" and task.meta.get("version", 1) >= 4
             and " -> " in task.meta.get("form", {}).get("signature", ""))
 

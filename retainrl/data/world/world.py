@@ -57,7 +57,7 @@ from retainrl.data.world.skills import BUILDERS, SKILLS, VERSION_SKILLS, build_f
 
 SPLITS = ("heldout", "train", "pretrain")
 BUCKETS = {"heldout": range(0, 10), "train": range(10, 30), "pretrain": range(30, 100)}
-VERSIONS = (1, 2, 3, 4)
+VERSIONS = (1, 2, 3, 4, 5)
 _SALT = b"retainrl-world-v1\n"
 _SALT_V2 = b"retainrl-world-v2/rank\n"
 _TRIES_PER_SHAPE = 3000      # v2: chains drawn for a function of one shape in a split before the shape is redrawn
@@ -87,7 +87,7 @@ class WorldConfig:
     version: int = 1
     """World version (see the module docstring): 1 the original, 2 the stratified split with `refactor`,
     3 version 2 with gen's and repair's signature conventions opposed, 4 (experimental) version 3 with
-    repair's shown program annotated on half of the functions."""
+    repair's shown program annotated on half of the functions, 5 (experimental) version 4 with a quarter."""
 
     def to_dict(self) -> dict:
         return asdict(self)
