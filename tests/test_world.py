@@ -188,8 +188,8 @@ def test_version_2_records_its_version_and_is_deterministic(world2):
 
 
 def test_versions_and_skills_are_checked():
-    with pytest.raises(ValueError, match="version 5"):
-        generate(WorldConfig(version=5), "gen", "train", 1)
+    with pytest.raises(ValueError, match="version 6"):
+        generate(WorldConfig(version=6), "gen", "train", 1)
     with pytest.raises(ValueError, match="refactor"):   # refactor exists from version 2 on
         generate(WorldConfig(version=1), "refactor", "train", 1)
     with pytest.raises(ValueError, match="split"):
