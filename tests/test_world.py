@@ -341,7 +341,7 @@ def test_version_4_is_version_3_with_half_of_repairs_signatures_annotated(world3
             if skill != "repair":
                 assert [t.prompt for t in a] == [t.prompt for t in b] and [t.reference for t in a] == [t.reference for t in b]
     for split in ("train", "heldout"):
-        marked = [repair_annotated(t3.reference) for t3 in world3["repair"][split]]
+        marked = [repair_annotated(t3.reference, 4) for t3 in world3["repair"][split]]
         assert 0.4 <= sum(marked) / len(marked) <= 0.6, (split, sum(marked) / len(marked))
         for t3, t4, annotated in zip(world3["repair"][split], world4["repair"][split], marked):
             head3, head4 = t3.reference.split("\n", 1)[0], t4.reference.split("\n", 1)[0]

@@ -98,7 +98,7 @@ class WorldDataConfig:
                              "model yet, see docs/LOG.md 2026-12-02 session 9); 4 version 3 with repair's shown signature annotated "
                              "on half of the functions (experimental, session 10); 5 version 4 with a quarter (experimental, session 13); 1 the original world of runs before "
                              "2026-12-01 (retainrl.data.world).",
-                          check=lambda v: v in WORLD_VERSIONS, must="be 1, 2, 3, 4 or 5")
+                          check=lambda v: v in WORLD_VERSIONS, must=f"be one of {WORLD_VERSIONS}")
 
 
 @dataclass

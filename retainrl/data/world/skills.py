@@ -105,7 +105,7 @@ def make_gen(fn: WorldFunction, rng: random.Random, **task_args) -> Task:
 ANNOTATED_EVERY = {4: 2, 5: 4}
 
 
-def repair_annotated(source: str, version: int = 4) -> bool:
+def repair_annotated(source: str, version: int) -> bool:
     """World v4 on: whether repair shows this function with its return annotation (one function in
     `ANNOTATED_EVERY[version]`: half in v4, a quarter in v5, by a fixed hash of the source, independent of
     the split, the shape and the seed; v5's quarter lies inside v4's half)."""
@@ -123,7 +123,7 @@ def make_repair(fn: WorldFunction, rng: random.Random, **task_args) -> Task | No
     bug_type, buggy, bad = bug
     shown = _assert(*fn.cases[bad[0]])
     version = _version(task_args)
-    annotated = version >= 4 and repair_annotated(fn.source, version)
+    annotated = version in ANNOTATED_EVERY and repair_annotated(fn.source, version)
     sig = return_signature(list(fn.chain)) if annotated else signature(list(fn.chain))
     if annotated:    # the bug is in the body (inject_bug edits operation lines), the first line is the signature
         buggy = _with_signature(buggy, sig)
