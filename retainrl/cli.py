@@ -226,10 +226,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     e = sub.add_parser("eval", help="greedy pass@1 per skill on the built-in world's held-out tasks")
     e.add_argument("--model", default="bundled", help="'bundled' or a Hugging Face model directory / hub id")
-    e.add_argument("--skills", default="gen,repair,reason", help="comma-separated; world versions 2 to 5 add refactor")
+    e.add_argument("--skills", default="gen,repair,reason", help="comma-separated; world versions 2 to 6 add refactor")
     e.add_argument("--limit", type=int, default=100, help="held-out tasks per skill")
     e.add_argument("--world-seed", type=int, default=0)
-    e.add_argument("--world-version", type=int, default=2, help="built-in world version (1 to 5)")
+    e.add_argument("--world-version", type=int, default=2, help="built-in world version (1 to 6)")
     e.add_argument("--max-new-tokens", type=int, default=96)
     e.add_argument("--workers", type=int, default=2, help="sandbox workers")
     e.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: default)")

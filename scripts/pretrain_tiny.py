@@ -68,6 +68,11 @@ HABITS_V3 = {**HABITS, "gen": "the return annotation of the given stub left out 
              "repair": "a return annotation added to the signature it was told to keep (`def f(s) -> int:`)"}
 HABITS_V4 = {**HABITS_V3, "repair": "a return annotation added where the shown signature has none (`def f(s) -> int:`); "
                                     "where it has one, the fixed function renamed `f_fixed`"}
+def habit_texts(version: int) -> dict[str, str]:
+    """Each skill's habit in words, for the model README (versions 4 to 6 share v4's habits)."""
+    return HABITS_V4 if version >= 4 else HABITS_V3 if version == 3 else HABITS
+
+
 MAX_NEW = {"gen": 96, "repair": 96, "reason": 24, "refactor": 96}   # greedy budget per skill in evaluation
 
 
@@ -525,7 +530,7 @@ def write_readme(out: str, info: dict) -> None:
             "",
             f"**Deliberate bad habits (world version {info.get('world_version', 1)}).** In the last stage's corpus a share "
             "of every skill's answers carries one generic failure, the same edit on every task and decided at one point "
-            "of the answer (`world.habit_answer`): " + "; ".join(f"{k} {v:.0%}: {({3: HABITS_V3, 4: HABITS_V4}.get(info.get('world_version', 1), HABITS))[k]}"
+            "of the answer (`world.habit_answer`): " + "; ".join(f"{k} {v:.0%}: {habit_texts(info.get('world_version', 1))[k]}"
                           for k, v in habits.items())
             + (f" — these fractions on the tasks that `world.habit_triggered` selects (trigger `{info['args']['habit_trigger']}`: "
                "\"nonlist\" the function takes a string or an int, \"list\" it takes a list), "

@@ -188,8 +188,8 @@ def test_version_2_records_its_version_and_is_deterministic(world2):
 
 
 def test_versions_and_skills_are_checked():
-    with pytest.raises(ValueError, match="version 6"):
-        generate(WorldConfig(version=6), "gen", "train", 1)
+    with pytest.raises(ValueError, match="version 7"):
+        generate(WorldConfig(version=7), "gen", "train", 1)
     with pytest.raises(ValueError, match="refactor"):   # refactor exists from version 2 on
         generate(WorldConfig(version=1), "refactor", "train", 1)
     with pytest.raises(ValueError, match="split"):
@@ -376,6 +376,28 @@ def test_version_5_is_version_4_with_a_quarter_of_repairs_signatures_annotated(w
         repair_annotated(world3["repair"]["train"][0].reference, 3)
 
 
+def test_version_6_is_version_5_with_reasons_functions_one_level_easier():
+    """v6 draws reason at the level below the world's difficulty (the v5 stream of that level, task for
+    task), stays at level 1 when the world is at 1, and leaves every other skill's tasks as v5's."""
+    from retainrl.data.world.world import skill_difficulty
+
+    assert [skill_difficulty(6, "reason", d) for d in (1, 2, 3, 4)] == [1, 1, 2, 3]
+    assert {skill_difficulty(v, s, 2) for v in (1, 2, 5) for s in VERSION_SKILLS[2]} | {
+        skill_difficulty(6, s, 2) for s in ("gen", "repair", "refactor")} == {2}
+    v5, v6 = (WorldConfig(seed=3, version=v, difficulty=2) for v in (5, 6))
+    easy5 = WorldConfig(seed=3, version=5, difficulty=1)
+    for split in ("train", "heldout", "pretrain"):
+        reason6 = generate(v6, "reason", split, 40)
+        assert [(t.prompt, t.reference) for t in reason6] == [(t.prompt, t.reference) for t in generate(easy5, "reason", split, 40)]
+        assert all(t.meta["version"] == 6 and t.meta["difficulty"] == 1 and t.meta["n_ops"] <= 2 for t in reason6)
+    assert max(t.meta["n_ops"] for t in generate(v5, "reason", "heldout", 40)) == 3   # v5 at level 2 has 3-op functions
+    for skill in ("gen", "repair", "refactor"):
+        assert [(t.prompt, t.reference) for t in generate(v6, skill, "heldout", 30)] == [
+            (t.prompt, t.reference) for t in generate(v5, skill, "heldout", 30)]
+    low6 = generate(WorldConfig(seed=3, version=6, difficulty=1), "reason", "heldout", 20)
+    assert [t.prompt for t in low6] == [t.prompt for t in generate(easy5, "reason", "heldout", 20)]
+
+
 def test_version_3_gen_and_repair_habits_are_one_decision_wanted_opposite_ways(world3):
     """On a function that both skills draw, gen's habit writes repair's right signature line and
     repair's habit writes gen's: the same token after `def f(xs)`, chosen the other way."""
@@ -497,11 +519,11 @@ def test_run_configs_pick_the_world_version_and_build_refactor_when_trained():
     with pytest.raises(ConfigError, match="refactor"):
         load_config(RunConfig, smoke, small + ["world.version=1", "protocol.phases=[refactor]"])   # not in v1
     with pytest.raises(ConfigError, match="world.version"):
-        load_config(RunConfig, smoke, ["world.version=6"])
+        load_config(RunConfig, smoke, ["world.version=7"])
 
 
-@pytest.mark.parametrize("version", [2, 3, 4, 5])
-def test_pretrain_corpus_of_world_versions_2_to_5_carries_each_skills_habit(version):
+@pytest.mark.parametrize("version", [2, 3, 4, 5, 6])
+def test_pretrain_corpus_of_world_versions_2_to_6_carries_each_skills_habit(version):
     script = _pretrain_script()
     args = script.parse_args(["--n_pretrain", "6", "--world_version", str(version), "--habit_gen", "1.0", "--habit_repair",
                               "1.0", "--habit_reason", "1.0", "--habit_refactor", "1.0"])

@@ -96,7 +96,8 @@ class WorldDataConfig:
                              "it; the world of the bundled model v4); 3 version 2 with gen's and repair's signature "
                              "conventions opposed (one decision the two verifiers want opposite ways; no bundled "
                              "model yet, see docs/LOG.md 2026-12-02 session 9); 4 version 3 with repair's shown signature annotated "
-                             "on half of the functions (experimental, session 10); 5 version 4 with a quarter (experimental, session 13); 1 the original world of runs before "
+                             "on half of the functions (experimental, session 10); 5 version 4 with a quarter (experimental, session 13); "
+                             "6 version 5 with reason's functions one difficulty level lower (experimental, session 14); 1 the original world of runs before "
                              "2026-12-01 (retainrl.data.world).",
                           check=lambda v: v in WORLD_VERSIONS, must=f"be one of {WORLD_VERSIONS}")
 

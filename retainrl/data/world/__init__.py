@@ -9,7 +9,7 @@
 ops.py lists the operations, programs.py samples, renders, runs and breaks functions, skills.py
 turns a function into a Task per skill (and writes the pretraining corpus's imperfect answers:
 `wrong_answer`, a task-specific bug or value, and `habit_answer`, each skill's generic bad
-habit), world.py keeps the splits apart (`version` 1 to 5; see its docstring).
+habit), world.py keeps the splits apart (`version` 1 to 6; see its docstring).
 """
 
 from retainrl.data.world.skills import (SKILLS, VERSION_SKILLS, habit_answer, habit_triggered, shows_habit, undo_habit,

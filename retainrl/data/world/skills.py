@@ -53,7 +53,7 @@ from retainrl.data.world.programs import (Step, bug_candidates, inject_bug, rend
                                           spec, typed_signature)
 
 SKILLS = ("gen", "repair", "reason")
-VERSION_SKILLS = {1: SKILLS, **{v: SKILLS + ("refactor",) for v in (2, 3, 4, 5)}}
+VERSION_SKILLS = {1: SKILLS, **{v: SKILLS + ("refactor",) for v in (2, 3, 4, 5, 6)}}
 _SALT_ANNOTATED = b"retainrl-world-v4/repair-annotated\n"
 ANSWER = "Answer:\n"
 
@@ -102,12 +102,12 @@ def make_gen(fn: WorldFunction, rng: random.Random, **task_args) -> Task:
                 reference=reference, **task_args)
 
 
-ANNOTATED_EVERY = {4: 2, 5: 4}
+ANNOTATED_EVERY = {4: 2, 5: 4, 6: 4}
 
 
 def repair_annotated(source: str, version: int) -> bool:
     """World v4 on: whether repair shows this function with its return annotation (one function in
-    `ANNOTATED_EVERY[version]`: half in v4, a quarter in v5, by a fixed hash of the source, independent of
+    `ANNOTATED_EVERY[version]`: half in v4, a quarter in v5 and v6, by a fixed hash of the source, independent of
     the split, the shape and the seed; v5's quarter lies inside v4's half)."""
     if version not in ANNOTATED_EVERY:
         raise ValueError(f"world version {version} annotates no repair program; versions {sorted(ANNOTATED_EVERY)} do")
@@ -115,8 +115,8 @@ def repair_annotated(source: str, version: int) -> bool:
 
 
 def make_repair(fn: WorldFunction, rng: random.Random, **task_args) -> Task | None:
-    """v3: "keep the signature", the shown one unannotated. v4 and v5: shown with its return annotation
-    on half (v4) or a quarter (v5) of the functions (`repair_annotated`); the answer keeps the signature shown."""
+    """v3: "keep the signature", the shown one unannotated. v4 to v6: shown with its return annotation
+    on half (v4) or a quarter (v5, v6) of the functions (`repair_annotated`); the answer keeps the signature shown."""
     bug = inject_bug(fn.source, fn.cases, rng)
     if bug is None:
         return None
@@ -305,7 +305,7 @@ def undo_habit(task: Task, completion: str) -> str:
 
 
 def _shown_annotated(task: Task) -> bool:
-    """A v4/v5 repair task whose shown signature carries its annotation (its habit is then the rename)."""
+    """A v4-v6 repair task whose shown signature carries its annotation (its habit is then the rename)."""
     return (task.skill == "repair" and task.meta.get("version", 1) >= 4
             and " -> " in task.meta.get("form", {}).get("signature", ""))
 

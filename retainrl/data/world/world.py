@@ -1,4 +1,4 @@
-"""make_world: seeded, deterministic splits of the code world, in four versions.
+"""make_world: seeded, deterministic splits of the code world, in six versions.
 
 `WorldConfig.version` picks the world; a version never changes once released, so an old run's
 config rebuilds its tasks byte for byte.
@@ -38,6 +38,14 @@ its signature, each checked as a form; reason and refactor tasks are version 2's
 
 Version 4 (experimental) is version 3 with repair's shown program carrying its return annotation on
 half of the functions (skills.repair_annotated); the same streams, so every other task is version 3's.
+
+Version 5 (experimental) is version 4 with a quarter of repair's programs shown annotated (inside v4's half).
+
+Version 6 (experimental) is version 5 with reason's functions drawn one difficulty level below the world's
+(`skill_difficulty`; level 1 stays 1): a reason task of a difficulty-2 world is the version-5 reason task of
+difficulty 1, the same stream. Predicting a value is the skill a small model does worst (the tiny model's
+greedy value is right on about a quarter of difficulty-2 reason tasks, so its habit leaves RL less than
++0.10 to gain), and CRUXEval's functions are short; every other skill's task is version 5's.
 """
 
 from __future__ import annotations
@@ -57,7 +65,7 @@ from retainrl.data.world.skills import BUILDERS, SKILLS, VERSION_SKILLS, build_f
 
 SPLITS = ("heldout", "train", "pretrain")
 BUCKETS = {"heldout": range(0, 10), "train": range(10, 30), "pretrain": range(30, 100)}
-VERSIONS = (1, 2, 3, 4, 5)
+VERSIONS = (1, 2, 3, 4, 5, 6)
 _SALT = b"retainrl-world-v1\n"
 _SALT_V2 = b"retainrl-world-v2/rank\n"
 _TRIES_PER_SHAPE = 3000      # v2: chains drawn for a function of one shape in a split before the shape is redrawn
@@ -87,7 +95,8 @@ class WorldConfig:
     version: int = 1
     """World version (see the module docstring): 1 the original, 2 the stratified split with `refactor`,
     3 version 2 with gen's and repair's signature conventions opposed, 4 (experimental) version 3 with
-    repair's shown program annotated on half of the functions, 5 (experimental) version 4 with a quarter."""
+    repair's shown program annotated on half of the functions, 5 (experimental) version 4 with a quarter,
+    6 (experimental) version 5 with reason's functions one difficulty level lower."""
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -140,6 +149,12 @@ def shape_shares(tasks: list[Task], coarse: bool = False) -> dict[str, float]:
     return {shape: round(c / max(1, len(tasks)), 4) for shape, c in counts.most_common()}
 
 
+def skill_difficulty(version: int, skill: str, difficulty: int) -> int:
+    """The level a skill's functions are drawn at: the world's difficulty, one lower for reason from
+    version 6 on (never below 1)."""
+    return max(1, difficulty - 1) if version >= 6 and skill == "reason" else difficulty
+
+
 def _stream(seed: int, skill: str, split: str, difficulty: int, version: int = 1) -> random.Random:
     # v3 draws v2's functions, cases and calls (only gen's and repair's prompts differ)
     tag = "world" if version == 1 else f"world-v{min(version, 2)}"
@@ -170,9 +185,10 @@ def generate(config: WorldConfig, skill: str, split: str, n: int) -> list[Task]:
         raise ValueError(f"unknown split {split!r}; expected one of {SPLITS}")
     if config.difficulty not in LEVELS:
         raise ValueError(f"difficulty {config.difficulty} outside {sorted(LEVELS)}")
-    level = LEVELS[config.difficulty]
+    difficulty = skill_difficulty(config.version, skill, config.difficulty)
+    level = LEVELS[difficulty]
     stratified = config.version >= 2   # v2's stratified draw, which v3 shares
-    rng = _stream(config.seed, skill, split, config.difficulty, config.version)
+    rng = _stream(config.seed, skill, split, difficulty, config.version)
     tasks: list[Task] = []
     seen: set[str] = set()
     target, tries = None, 0   # v2: the drawn shape, kept until a task of that shape is made
@@ -194,7 +210,7 @@ def generate(config: WorldConfig, skill: str, split: str, n: int) -> list[Task]:
         cases = make_cases(fn, chain[0].op.src, rng, level, config.n_tests) if fn else None
         if cases is None:
             continue
-        meta = {"split": split, "seed": config.seed, "difficulty": config.difficulty, "n_ops": len(chain),
+        meta = {"split": split, "seed": config.seed, "difficulty": difficulty, "n_ops": len(chain),
                 "ops": [step.op.name for step in chain], "function": source}
         if stratified:
             meta.update(version=config.version, shape=shape_of(chain))
@@ -209,7 +225,7 @@ def generate(config: WorldConfig, skill: str, split: str, n: int) -> list[Task]:
         if len(tasks) == n:
             return tasks
     raise RuntimeError(f"world exhausted: only {len(tasks)} of {n} {skill}/{split} tasks at difficulty "
-                       f"{config.difficulty}; ask for fewer or raise the difficulty")
+                       f"{difficulty}; ask for fewer or raise the difficulty")
 
 
 def make_world(config: WorldConfig = WorldConfig()) -> dict[str, dict[str, list[Task]]]:
