@@ -57,6 +57,7 @@ from retainrl.data.task import Task  # noqa: E402
 from retainrl.data.world import (VERSION_SKILLS, WorldConfig, generate, habit_answer, habit_triggered,  # noqa: E402
                                  shows_habit, wrong_answer)
 from retainrl.data.world.skills import HABIT_TRIGGERS  # noqa: E402
+from retainrl.data.world.world import skill_difficulty  # noqa: E402
 from retainrl.verify.checks import verify_many  # noqa: E402
 from retainrl.verify.sandbox import Sandbox  # noqa: E402
 
@@ -68,6 +69,8 @@ HABITS_V3 = {**HABITS, "gen": "the return annotation of the given stub left out 
              "repair": "a return annotation added to the signature it was told to keep (`def f(s) -> int:`)"}
 HABITS_V4 = {**HABITS_V3, "repair": "a return annotation added where the shown signature has none (`def f(s) -> int:`); "
                                     "where it has one, the fixed function renamed `f_fixed`"}
+
+
 def habit_texts(version: int) -> dict[str, str]:
     """Each skill's habit in words, for the model README (versions 4 to 6 share v4's habits)."""
     return HABITS_V4 if version >= 4 else HABITS_V3 if version == 3 else HABITS
@@ -593,7 +596,10 @@ def write_readme(out: str, info: dict) -> None:
                                   "GPU kernels are not bit-deterministic, so a rerun matches closely, not bitwise."),
         "",
         "Greedy pass@1 on held-out world tasks (difficulty "
-        f"{info['args']['difficulty']}, seed {info['args']['seed']}):",
+        f"{info['args']['difficulty']}"
+        + (f", reason at level {skill_difficulty(info['world_version'], 'reason', info['args']['difficulty'])}"
+           if info.get("world_version", 1) >= 6 else "")
+        + f", seed {info['args']['seed']}):",
         "",
         "| skill | " + " | ".join(f"{where}" for where in ("trained device", "CPU")) + " |",
         "| --- | --- | --- |",

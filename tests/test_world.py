@@ -379,10 +379,11 @@ def test_version_5_is_version_4_with_a_quarter_of_repairs_signatures_annotated(w
 def test_version_6_is_version_5_with_reasons_functions_one_level_easier():
     """v6 draws reason at the level below the world's difficulty (the v5 stream of that level, task for
     task), stays at level 1 when the world is at 1, and leaves every other skill's tasks as v5's."""
+    from retainrl.data.world import VERSIONS
     from retainrl.data.world.world import skill_difficulty
 
     assert [skill_difficulty(6, "reason", d) for d in (1, 2, 3, 4)] == [1, 1, 2, 3]
-    assert {skill_difficulty(v, s, 2) for v in (1, 2, 5) for s in VERSION_SKILLS[2]} | {
+    assert {skill_difficulty(v, s, 2) for v in VERSIONS[:-1] for s in VERSION_SKILLS[v]} | {
         skill_difficulty(6, s, 2) for s in ("gen", "repair", "refactor")} == {2}
     v5, v6 = (WorldConfig(seed=3, version=v, difficulty=2) for v in (5, 6))
     easy5 = WorldConfig(seed=3, version=5, difficulty=1)
@@ -394,6 +395,8 @@ def test_version_6_is_version_5_with_reasons_functions_one_level_easier():
     for skill in ("gen", "repair", "refactor"):
         assert [(t.prompt, t.reference) for t in generate(v6, skill, "heldout", 30)] == [
             (t.prompt, t.reference) for t in generate(v5, skill, "heldout", 30)]
+    script = _pretrain_script()   # the model README describes v4's habits for v5 and v6 alike
+    assert script.habit_texts(5) is script.habit_texts(6) is script.HABITS_V4
     low6 = generate(WorldConfig(seed=3, version=6, difficulty=1), "reason", "heldout", 20)
     assert [t.prompt for t in low6] == [t.prompt for t in generate(easy5, "reason", "heldout", 20)]
 

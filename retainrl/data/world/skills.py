@@ -37,7 +37,8 @@ v2's rename (`def f_fixed(`), a learnable room of its own.
 
 World version 5 (experimental, LOG 2026-12-03 session 13) is version 4 with the annotated share of repair's
 programs a quarter instead of a half (a subset of version 4's half: the same hash, modulo 4 instead of 2),
-so that three quarters of repair's tasks want the shared decision against gen.
+so that three quarters of repair's tasks want the shared decision against gen. Version 6's skills are
+version 5's; world.py draws reason's functions one difficulty level lower (`world.skill_difficulty`).
 """
 
 from __future__ import annotations

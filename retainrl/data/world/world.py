@@ -44,8 +44,9 @@ Version 5 (experimental) is version 4 with a quarter of repair's programs shown 
 Version 6 (experimental) is version 5 with reason's functions drawn one difficulty level below the world's
 (`skill_difficulty`; level 1 stays 1): a reason task of a difficulty-2 world is the version-5 reason task of
 difficulty 1, the same stream. Predicting a value is the skill a small model does worst (the tiny model's
-greedy value is right on about a quarter of difficulty-2 reason tasks, so its habit leaves RL less than
-+0.10 to gain), and CRUXEval's functions are short; every other skill's task is version 5's.
+greedy value is right on about a quarter of difficulty-2 reason tasks, so its habit leaves RL about +0.10
+to gain), and CRUXEval's functions are short. Level 1 means one or two operations and shorter inputs (lists
+of 2-4, values 0-9; `programs.LEVELS`). Every other skill's task is version 5's.
 """
 
 from __future__ import annotations
@@ -224,8 +225,8 @@ def generate(config: WorldConfig, skill: str, split: str, n: int) -> list[Task]:
         target = None
         if len(tasks) == n:
             return tasks
-    raise RuntimeError(f"world exhausted: only {len(tasks)} of {n} {skill}/{split} tasks at difficulty "
-                       f"{difficulty}; ask for fewer or raise the difficulty")
+    raise RuntimeError(f"world exhausted: only {len(tasks)} of {n} {skill}/{split} tasks at level {difficulty} "
+                       f"(world difficulty {config.difficulty}); ask for fewer or raise the difficulty")
 
 
 def make_world(config: WorldConfig = WorldConfig()) -> dict[str, dict[str, list[Task]]]:
